@@ -1,0 +1,3 @@
+//! Operator commands that are not the long-running pipeline.
+
+pub mod derive;

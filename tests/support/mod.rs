@@ -1,0 +1,6 @@
+//! Shared integration-test harness: a real Kafka broker, fresh names, and helpers that wait on
+//! conditions with deadlines.
+#![allow(dead_code)]
+
+pub mod kafka;
+pub mod schemas;
