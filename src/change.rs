@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::rawjson;
+
 /// The regulation a change belongs to when neither the record nor its entity names one.
 pub const DEFAULT_REGULATION: &str = "gdpr";
 
@@ -99,7 +101,9 @@ pub enum Rejection {
     },
     #[error("`before.id` {before} differs from `after.id` {after}")]
     IdMismatch { before: String, after: String },
-    #[error("`{field}` {found} differs from the record's organization_id {expected} (cross-tenant)")]
+    #[error(
+        "`{field}` {found} differs from the record's organization_id {expected} (cross-tenant)"
+    )]
     CrossTenant {
         field: String,
         found: String,
@@ -184,19 +188,6 @@ struct RawRecord<'a> {
     disable_integrations: Option<&'a RawValue>,
 }
 
-/// The entity fields the contract names.
-#[derive(Deserialize)]
-struct RawEntity<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    organization_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    status: Option<Option<&'a RawValue>>,
-    #[serde(borrow, default)]
-    regulation: Option<&'a RawValue>,
-}
-
 impl<'a> ConsentChange<'a> {
     /// Parses and validates one record value (the Kafka record's value, or one JSON line).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Rejection> {
@@ -272,7 +263,7 @@ impl<'a> ConsentChange<'a> {
         }
 
         let regulation = match record.regulation {
-            Some(raw) => non_empty_string("regulation", raw)?,
+            Some(raw) => non_empty_text("regulation", raw.get())?,
             None => after
                 .as_ref()
                 .and_then(|e| e.regulation.clone())
@@ -318,32 +309,26 @@ fn is_object(raw: &RawValue) -> bool {
     first_byte(raw.get()) == Some(b'{')
 }
 
-/// Decodes a raw JSON value that must be a string (escapes resolved, borrowed when it has none).
-fn as_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
-    if first_byte(raw.get()) != Some(b'"') {
-        return Err(Rejection::WrongType {
-            field: field.to_owned(),
-            expected: "a string",
-        });
-    }
-    serde_json::from_str::<Cow<'a, str>>(raw.get())
-        .map_err(|e| Rejection::InvalidJson(format!("field `{field}`: {e}")))
+/// Decodes raw JSON text (from a validated value) that must be a string: escapes resolved,
+/// borrowed when it has none.
+fn text<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejection> {
+    rawjson::string(raw).ok_or_else(|| Rejection::WrongType {
+        field: field.to_owned(),
+        expected: "a string",
+    })
 }
 
-fn non_empty_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
-    let value = as_string(field, raw)?;
+fn non_empty_text<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejection> {
+    let value = text(field, raw)?;
     if value.is_empty() {
         return Err(Rejection::EmptyField(field.to_owned()));
     }
     Ok(value)
 }
 
-fn required_string<'a>(
-    field: &str,
-    raw: Option<&'a RawValue>,
-) -> Result<Cow<'a, str>, Rejection> {
+fn required_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Rejection> {
     match raw {
-        Some(raw) => non_empty_string(field, raw),
+        Some(raw) => non_empty_text(field, raw.get()),
         None => Err(Rejection::MissingField(field.to_owned())),
     }
 }
@@ -362,11 +347,24 @@ fn optional_entity<'a>(
             expected: "an object or null",
         });
     }
-    let fields: RawEntity<'a> = serde_json::from_str(raw.get())
-        .map_err(|e| Rejection::InvalidJson(format!("field `{field}`: {e}")))?;
-    let id = required_string(&format!("{field}.id"), fields.id)?;
-    if let Some(org) = fields.organization_id {
-        let org = as_string(&format!("{field}.organization_id"), org)?;
+    // Validated JSON already (it is a RawValue): read the top-level members without a tree.
+    let (mut id, mut org, mut status, mut regulation) = (None, None, None, None);
+    for (key, value) in rawjson::members(raw.get()) {
+        // The last occurrence wins, as in serde_json's own maps.
+        match &*key {
+            "id" => id = Some(value),
+            "organization_id" => org = Some(value),
+            "status" => status = Some(value),
+            "regulation" => regulation = Some(value),
+            _ => {}
+        }
+    }
+    let id = match id.filter(|v| *v != "null") {
+        Some(v) => non_empty_text(&format!("{field}.id"), v)?,
+        None => return Err(Rejection::MissingField(format!("{field}.id"))),
+    };
+    if let Some(org) = org.filter(|v| *v != "null") {
+        let org = text(&format!("{field}.organization_id"), org)?;
         if org != organization_id {
             return Err(Rejection::CrossTenant {
                 field: format!("{field}.organization_id"),
@@ -375,19 +373,13 @@ fn optional_entity<'a>(
             });
         }
     }
-    let regulation = match fields.regulation {
-        Some(raw) => match as_string("regulation", raw) {
-            Ok(r) if !r.is_empty() => Some(r),
-            _ => None,
-        },
-        None => None,
-    };
+    let regulation = regulation
+        .and_then(rawjson::string)
+        .filter(|r| !r.is_empty());
     // SPEC §1: confirmed when absent or "confirmed"; any other value, null included, is pending.
-    let confirmed = match fields.status {
+    let confirmed = match status {
         None => true,
-        Some(None) => false,
-        Some(Some(status)) => serde_json::from_str::<Cow<str>>(status.get())
-            .is_ok_and(|status| status == "confirmed"),
+        Some(status) => rawjson::string(status).is_some_and(|s| s == "confirmed"),
     };
     Ok(Some(Entity {
         raw,
@@ -395,14 +387,6 @@ fn optional_entity<'a>(
         regulation,
         confirmed,
     }))
-}
-
-/// Deserializes a field that is present, `null` included, as `Some(..)`; with `default`, an
-/// absent field stays `None`. Tells `"status": null` (pending) from no status (confirmed).
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<&'de RawValue>>, D::Error> {
-    Option::<&'de RawValue>::deserialize(d).map(Some)
 }
 
 fn invalid_value(field: &str, found: &str, expected: &'static str) -> Rejection {

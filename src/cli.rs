@@ -8,7 +8,11 @@ use crate::derive::Rules;
 use crate::equivalence::DEFAULT_VOLATILE_FIELDS;
 
 #[derive(Debug, Parser)]
-#[command(name = "consent-webhooks", version, about = "Consent-change records from Kafka in, webhooks out.")]
+#[command(
+    name = "consent-webhooks",
+    version,
+    about = "Consent-change records from Kafka in, webhooks out."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -6,7 +6,6 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::change::{Action, ConsentChange, EntityType, Rejection};
 use crate::equivalence::{effectively_equal, DEFAULT_VOLATILE_FIELDS};
@@ -100,7 +99,15 @@ pub fn derive(change: &ConsentChange<'_>, rules: &Rules) -> Derived {
         created_at: &change.occurred_at,
         parameters,
     };
-    let body = serde_json::to_vec(&body).expect("a body of strings and raw JSON always serializes");
+    // Sized up front: the entities dominate, and growing by doubling would copy them again.
+    let entities: usize = [&change.before, &change.after, &change.source]
+        .into_iter()
+        .flatten()
+        .map(|e| e.raw.get().len())
+        .sum();
+    let mut bytes = Vec::with_capacity(entities + 256 + change.organization_id.len());
+    serde_json::to_writer(&mut bytes, &body)
+        .expect("a body of strings and raw JSON always serializes");
     Derived::Webhook(WebhookEvent {
         id,
         event_type,
@@ -108,19 +115,21 @@ pub fn derive(change: &ConsentChange<'_>, rules: &Rules) -> Derived {
         regulation: change.regulation.clone().into_owned(),
         change_id: change.id.clone().into_owned(),
         occurred_at: change.occurred_at_utc,
-        body: body.into(),
+        body: bytes.into(),
     })
 }
 
 fn user_update_suppression(change: &ConsentChange<'_>, rules: &Rules) -> Option<Suppression> {
-    if change.source.as_ref().is_some_and(|source| !source.confirmed) {
+    if change
+        .source
+        .as_ref()
+        .is_some_and(|source| !source.confirmed)
+    {
         return Some(Suppression::PendingSource);
     }
     let (before, after) = (change.before.as_ref()?, change.after.as_ref()?);
-    // Both were checked to be JSON objects, so they parse; a failure would mean "not equal".
-    let before: Value = serde_json::from_str(before.raw.get()).ok()?;
-    let after: Value = serde_json::from_str(after.raw.get()).ok()?;
-    effectively_equal(&before, &after, &rules.volatile_fields).then_some(Suppression::NotEffective)
+    effectively_equal(before.raw.get(), after.raw.get(), &rules.volatile_fields)
+        .then_some(Suppression::NotEffective)
 }
 
 /// The body, field order fixed: `id, type, organization_id, regulation, created_at, parameters`.

@@ -10,70 +10,87 @@
 //! - numbers are compared as exact decimal values (`1`, `1.0` and `10e-1` are equal), without
 //!   the rounding a float would bring to large integers.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Map, Number, Value};
+use crate::rawjson::{self, Val};
 
 /// The fields removed before comparing user snapshots, by default (SPEC §3).
 pub const DEFAULT_VOLATILE_FIELDS: [&str; 3] = ["updated_at", "version", "last_seen_country"];
 
-/// True when `before` and `after` differ only in the top-level `volatile` fields, under the
-/// comparison rules in the module docs.
-pub fn effectively_equal(before: &Value, after: &Value, volatile: &[String]) -> bool {
-    match (before, after) {
-        (Value::Object(b), Value::Object(a)) => {
-            objects_equal(b, a, &|key| volatile.iter().any(|v| v == key))
-        }
-        _ => values_equal(before, after),
+/// True when the JSON texts `before` and `after` differ only in the top-level `volatile`
+/// fields, under the comparison rules in the module docs. Text that is not JSON is never equal.
+pub fn effectively_equal(before: &str, after: &str, volatile: &[String]) -> bool {
+    let (Some(before), Some(after)) = (rawjson::parse(before), rawjson::parse(after)) else {
+        return false;
+    };
+    match (&before, &after) {
+        (Val::Obj(b), Val::Obj(a)) => objects_equal(b, a, &|key| volatile.iter().any(|v| v == key)),
+        _ => values_equal(&before, &after),
     }
 }
 
-fn values_equal(a: &Value, b: &Value) -> bool {
+fn values_equal(a: &Val<'_>, b: &Val<'_>) -> bool {
     match (a, b) {
-        (Value::Null, Value::Null) => true,
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
-        (Value::String(x), Value::String(y)) => x == y,
-        (Value::Array(x), Value::Array(y)) => arrays_equal(x, y),
-        (Value::Object(x), Value::Object(y)) => objects_equal(x, y, &|_| false),
+        (Val::Null, Val::Null) => true,
+        (Val::Bool(x), Val::Bool(y)) => x == y,
+        (Val::Num(x), Val::Num(y)) => x == y || decimal(x).is_some_and(|d| Some(d) == decimal(y)),
+        (Val::Str(x), Val::Str(y)) => x == y,
+        (Val::Arr(x), Val::Arr(y)) => arrays_equal(x, y),
+        (Val::Obj(x), Val::Obj(y)) => objects_equal(x, y, &|_| false),
         _ => false,
     }
 }
 
-fn objects_equal(a: &Map<String, Value>, b: &Map<String, Value>, skip: &dyn Fn(&str) -> bool) -> bool {
-    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip(k)).count();
+type Members<'a> = [(Cow<'a, str>, Val<'a>)];
+
+/// Objects as maps: key order never matters; a repeated key counts with its last value.
+fn objects_equal(a: &Members<'_>, b: &Members<'_>, skip: &dyn Fn(&str) -> bool) -> bool {
+    // Entities are small objects: a linear search beats building maps.
+    let last = |m: &Members<'_>, i: usize| !m[i + 1..].iter().any(|(k, _)| *k == m[i].0);
+    let kept = |m: &Members<'_>| {
+        (0..m.len())
+            .filter(|&i| !skip(&m[i].0) && last(m, i))
+            .count()
+    };
     kept(a) == kept(b)
-        && a
-            .iter()
-            .filter(|(k, _)| !skip(k))
-            .all(|(k, va)| b.get(k).is_some_and(|vb| values_equal(va, vb)))
+        && (0..a.len())
+            .filter(|&i| !skip(&a[i].0) && last(a, i))
+            .all(|i| {
+                b.iter()
+                    .rev()
+                    .find(|(k, _)| *k == a[i].0)
+                    .is_some_and(|(_, vb)| values_equal(&a[i].1, vb))
+            })
 }
 
-fn arrays_equal(a: &[Value], b: &[Value]) -> bool {
+fn arrays_equal(a: &[Val<'_>], b: &[Val<'_>]) -> bool {
     if let (Some(x), Some(y)) = (string_set(a), string_set(b)) {
         return x == y;
     }
     if let (Some(x), Some(y)) = (id_map(a), id_map(b)) {
         return x.len() == y.len()
-            && x.iter().all(|(id, va)| y.get(id).is_some_and(|vb| values_equal(va, vb)));
+            && x.iter()
+                .all(|(id, va)| y.get(id).is_some_and(|vb| values_equal(va, vb)));
     }
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_equal(x, y))
 }
 
 /// The array as a set, when every item is a string.
-fn string_set(items: &[Value]) -> Option<BTreeSet<&str>> {
-    items.iter().map(Value::as_str).collect()
+fn string_set<'v>(items: &'v [Val<'_>]) -> Option<BTreeSet<&'v str>> {
+    items.iter().map(Val::as_str).collect()
 }
 
 /// The array as a map keyed by each item's `id`, when every item is an object with an `id` and
 /// no id repeats.
-fn id_map(items: &[Value]) -> Option<BTreeMap<String, &Value>> {
+fn id_map<'v, 'a>(items: &'v [Val<'a>]) -> Option<BTreeMap<Cow<'v, str>, &'v Val<'a>>> {
     if items.is_empty() {
         return None;
     }
     let mut map = BTreeMap::new();
     for item in items {
-        let id = item.as_object()?.get("id")?;
+        let Val::Obj(_) = item else { return None };
+        let id = item.get("id")?;
         if map.insert(id_key(id), item).is_some() {
             return None;
         }
@@ -82,31 +99,26 @@ fn id_map(items: &[Value]) -> Option<BTreeMap<String, &Value>> {
 }
 
 /// A key under which ids that are equal as values collide (`"7"` stays apart from `7`).
-fn id_key(id: &Value) -> String {
-    match id {
-        Value::String(s) => format!("s{s}"),
-        Value::Number(n) => match decimal(n) {
-            Some((neg, digits, exp)) => format!("n{neg}:{digits}e{exp}"),
-            None => format!("n{n}"),
+/// String ids, by far the common case, are borrowed; other kinds are prefixed with a NUL that
+/// no borrowed key starts with.
+fn id_key<'v>(id: &'v Val<'_>) -> Cow<'v, str> {
+    Cow::Owned(match id {
+        Val::Str(s) if !s.starts_with('\0') => return Cow::Borrowed(&**s),
+        Val::Str(s) => format!("\0s{s}"),
+        Val::Num(n) => match decimal(n) {
+            Some((neg, digits, exp)) => format!("\0n{neg}:{digits}e{exp}"),
+            None => format!("\0n{n}"),
         },
-        other => format!("v{other}"),
-    }
+        other => format!("\0v{other:?}"),
+    })
 }
 
-fn numbers_equal(a: &Number, b: &Number) -> bool {
-    match (decimal(a), decimal(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a.to_string() == b.to_string(),
-    }
-}
-
-/// A JSON number as exact `(negative, significant digits, exponent)`, canonical so that equal
-/// values have equal triples. Zero is `(false, "", 0)`.
-fn decimal(n: &Number) -> Option<(bool, String, i64)> {
-    let text = n.to_string();
+/// A JSON number's text as exact `(negative, significant digits, exponent)`, canonical so that
+/// equal values have equal triples. Zero is `(false, "", 0)`.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
     let (neg, rest) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text.as_str()),
+        None => (false, text),
     };
     let (mantissa, exp) = match rest.find(['e', 'E']) {
         Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
@@ -130,42 +142,137 @@ fn decimal(n: &Number) -> Option<(bool, String, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn volatile() -> Vec<String> {
-        DEFAULT_VOLATILE_FIELDS.iter().map(|s| s.to_string()).collect()
+        DEFAULT_VOLATILE_FIELDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn eq(a: &str, b: &str) -> bool {
-        let a: Value = serde_json::from_str(a).unwrap();
-        let b: Value = serde_json::from_str(b).unwrap();
-        effectively_equal(&a, &b, &volatile())
+        effectively_equal(a, b, &volatile())
     }
 
     #[test]
     fn comparison_rules() {
         let cases: &[(&str, &str, &str, bool)] = &[
-            ("key order ignored", r#"{"a":1,"b":{"x":1,"y":2}}"#, r#"{"b":{"y":2,"x":1},"a":1}"#, true),
-            ("volatile fields ignored", r#"{"id":"u","updated_at":"1","version":1,"last_seen_country":"FR"}"#, r#"{"id":"u","updated_at":"2","version":2,"last_seen_country":"DE"}"#, true),
-            ("volatile field added", r#"{"id":"u"}"#, r#"{"id":"u","version":3}"#, true),
-            ("volatile only at top level", r#"{"n":{"version":1}}"#, r#"{"n":{"version":2}}"#, false),
-            ("real change", r#"{"id":"u","email":"a"}"#, r#"{"id":"u","email":"b"}"#, false),
-            ("field added", r#"{"id":"u"}"#, r#"{"id":"u","email":"b"}"#, false),
-            ("field added as null", r#"{"id":"u"}"#, r#"{"id":"u","email":null}"#, false),
-            ("string array is a set", r#"{"t":["a","b","a"]}"#, r#"{"t":["b","a"]}"#, true),
-            ("string set differs", r#"{"t":["a","b"]}"#, r#"{"t":["a","c"]}"#, false),
-            ("id array is a map", r#"{"p":[{"id":"x","on":true},{"id":"y","on":false}]}"#, r#"{"p":[{"on":false,"id":"y"},{"id":"x","on":true}]}"#, true),
-            ("id map value differs", r#"{"p":[{"id":"x","on":true}]}"#, r#"{"p":[{"id":"x","on":false}]}"#, false),
-            ("id map key differs", r#"{"p":[{"id":"x"}]}"#, r#"{"p":[{"id":"z"}]}"#, false),
-            ("nested id arrays as maps", r#"{"c":{"p":[{"id":"x","ch":[{"id":1},{"id":2}]},{"id":"y"}]}}"#, r#"{"c":{"p":[{"id":"y"},{"id":"x","ch":[{"id":2},{"id":1}]}]}}"#, true),
-            ("numbers in order", r#"{"n":[1,2]}"#, r#"{"n":[2,1]}"#, false),
-            ("mixed array in order", r#"{"n":["a",1]}"#, r#"{"n":[1,"a"]}"#, false),
-            ("objects without id in order", r#"{"n":[{"a":1},{"b":1}]}"#, r#"{"n":[{"b":1},{"a":1}]}"#, false),
-            ("numbers as values", r#"{"n":1,"m":-0,"k":2.50}"#, r#"{"n":1.0,"m":0,"k":25e-1}"#, true),
-            ("large integers exact", r#"{"n":123456789012345678901234567890}"#, r#"{"n":123456789012345678901234567891}"#, false),
+            (
+                "key order ignored",
+                r#"{"a":1,"b":{"x":1,"y":2}}"#,
+                r#"{"b":{"y":2,"x":1},"a":1}"#,
+                true,
+            ),
+            (
+                "volatile fields ignored",
+                r#"{"id":"u","updated_at":"1","version":1,"last_seen_country":"FR"}"#,
+                r#"{"id":"u","updated_at":"2","version":2,"last_seen_country":"DE"}"#,
+                true,
+            ),
+            (
+                "volatile field added",
+                r#"{"id":"u"}"#,
+                r#"{"id":"u","version":3}"#,
+                true,
+            ),
+            (
+                "volatile only at top level",
+                r#"{"n":{"version":1}}"#,
+                r#"{"n":{"version":2}}"#,
+                false,
+            ),
+            (
+                "real change",
+                r#"{"id":"u","email":"a"}"#,
+                r#"{"id":"u","email":"b"}"#,
+                false,
+            ),
+            (
+                "field added",
+                r#"{"id":"u"}"#,
+                r#"{"id":"u","email":"b"}"#,
+                false,
+            ),
+            (
+                "field added as null",
+                r#"{"id":"u"}"#,
+                r#"{"id":"u","email":null}"#,
+                false,
+            ),
+            (
+                "string array is a set",
+                r#"{"t":["a","b","a"]}"#,
+                r#"{"t":["b","a"]}"#,
+                true,
+            ),
+            (
+                "string set differs",
+                r#"{"t":["a","b"]}"#,
+                r#"{"t":["a","c"]}"#,
+                false,
+            ),
+            (
+                "id array is a map",
+                r#"{"p":[{"id":"x","on":true},{"id":"y","on":false}]}"#,
+                r#"{"p":[{"on":false,"id":"y"},{"id":"x","on":true}]}"#,
+                true,
+            ),
+            (
+                "id map value differs",
+                r#"{"p":[{"id":"x","on":true}]}"#,
+                r#"{"p":[{"id":"x","on":false}]}"#,
+                false,
+            ),
+            (
+                "id map key differs",
+                r#"{"p":[{"id":"x"}]}"#,
+                r#"{"p":[{"id":"z"}]}"#,
+                false,
+            ),
+            (
+                "nested id arrays as maps",
+                r#"{"c":{"p":[{"id":"x","ch":[{"id":1},{"id":2}]},{"id":"y"}]}}"#,
+                r#"{"c":{"p":[{"id":"y"},{"id":"x","ch":[{"id":2},{"id":1}]}]}}"#,
+                true,
+            ),
+            (
+                "numbers in order",
+                r#"{"n":[1,2]}"#,
+                r#"{"n":[2,1]}"#,
+                false,
+            ),
+            (
+                "mixed array in order",
+                r#"{"n":["a",1]}"#,
+                r#"{"n":[1,"a"]}"#,
+                false,
+            ),
+            (
+                "objects without id in order",
+                r#"{"n":[{"a":1},{"b":1}]}"#,
+                r#"{"n":[{"b":1},{"a":1}]}"#,
+                false,
+            ),
+            (
+                "numbers as values",
+                r#"{"n":1,"m":-0,"k":2.50}"#,
+                r#"{"n":1.0,"m":0,"k":25e-1}"#,
+                true,
+            ),
+            (
+                "large integers exact",
+                r#"{"n":123456789012345678901234567890}"#,
+                r#"{"n":123456789012345678901234567891}"#,
+                false,
+            ),
             ("string is not number", r#"{"n":"1"}"#, r#"{"n":1}"#, false),
             ("empty arrays", r#"{"t":[]}"#, r#"{"t":[]}"#, true),
-            ("unicode", r#"{"name":"Zoë"}"#, r#"{"name":"Zo\u00eb"}"#, true),
+            (
+                "unicode",
+                r#"{"name":"Zoë"}"#,
+                r#"{"name":"Zo\u00eb"}"#,
+                true,
+            ),
         ];
         for (name, a, b, expected) in cases {
             assert_eq!(eq(a, b), *expected, "{name}: {a} vs {b}");
@@ -175,9 +282,9 @@ mod tests {
 
     #[test]
     fn volatile_list_is_configurable() {
-        let a = json!({"id": "u", "seen": 1, "version": 1});
-        let b = json!({"id": "u", "seen": 2, "version": 2});
-        assert!(!effectively_equal(&a, &b, &volatile()));
-        assert!(effectively_equal(&a, &b, &["seen".into(), "version".into()]));
+        let a = r#"{"id": "u", "seen": 1, "version": 1}"#;
+        let b = r#"{"id": "u", "seen": 2, "version": 2}"#;
+        assert!(!effectively_equal(a, b, &volatile()));
+        assert!(effectively_equal(a, b, &["seen".into(), "version".into()]));
     }
 }

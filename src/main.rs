@@ -8,6 +8,11 @@ use clap::Parser;
 use consent_webhooks::cli::{Cli, Command, DeriveArgs};
 use consent_webhooks::ops;
 
+// The pipeline allocates many small short-lived buffers; mimalloc is markedly faster at that
+// than glibc's allocator (see the derive benchmark in the README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -22,7 +27,8 @@ fn derive(args: DeriveArgs) -> anyhow::Result<ExitCode> {
     let rules = args.rules.rules();
     let summary = match args.file.as_deref() {
         Some(path) if path.as_os_str() != "-" => {
-            let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
             ops::derive::run(BufReader::with_capacity(1 << 16, file), out, stderr, &rules)
         }
         _ => ops::derive::run(io::stdin().lock(), out, stderr, &rules),

@@ -128,7 +128,10 @@ pub struct InvalidSigningKey(String);
 
 impl SigningKey {
     pub fn parse(secret: &str) -> Result<Self, InvalidSigningKey> {
-        let encoded = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
+        let encoded = secret
+            .trim()
+            .strip_prefix("whsec_")
+            .unwrap_or(secret.trim());
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|e| InvalidSigningKey(e.to_string()))?;
@@ -150,7 +153,10 @@ impl SigningKey {
         mac.update(b".");
         mac.update(body);
         let tag = mac.finalize().into_bytes();
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(tag))
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(tag)
+        )
     }
 }
 
@@ -162,7 +168,11 @@ mod tests {
     fn standard_webhooks_published_vector() {
         let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(
-            key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+            key.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
     }

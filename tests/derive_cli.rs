@@ -20,7 +20,11 @@ fn derives_the_sample_records_in_order_and_every_event_matches_the_schema() {
         schemas::assert_consent_change(&serde_json::from_str(line).unwrap());
     }
     let out = bin().arg("derive").arg(&samples).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stderr.is_empty());
     let events: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -31,8 +35,17 @@ fn derives_the_sample_records_in_order_and_every_event_matches_the_schema() {
         schemas::assert_webhook_event(event);
     }
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    let flow = ["event.created", "user.created", "event.updated", "user.updated"];
-    assert_eq!(&types[..4], flow, "acme's pending → confirmed flow, in input order");
+    let flow = [
+        "event.created",
+        "user.created",
+        "event.updated",
+        "user.updated",
+    ];
+    assert_eq!(
+        &types[..4],
+        flow,
+        "acme's pending → confirmed flow, in input order"
+    );
     assert_eq!(&types[4..8], flow);
     assert_eq!(&types[8..12], flow);
     assert_eq!(&types[12..], ["event.deleted", "user.deleted"]);
@@ -42,7 +55,8 @@ fn derives_the_sample_records_in_order_and_every_event_matches_the_schema() {
 
 #[test]
 fn rejected_lines_are_reported_with_line_numbers_and_the_rest_goes_on() {
-    let invalid = std::fs::read_to_string(repo_root().join("tests/fixtures/invalid-records.jsonl")).unwrap();
+    let invalid =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/invalid-records.jsonl")).unwrap();
     let valid = std::fs::read_to_string(repo_root().join("deploy/sample-records.jsonl")).unwrap();
     let first_valid = valid.lines().next().unwrap();
     let input = format!("{first_valid}\n{invalid}{first_valid}\n");
@@ -54,34 +68,68 @@ fn rejected_lines_are_reported_with_line_numbers_and_the_rest_goes_on() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
 
-    assert_eq!(out.status.code(), Some(1), "non-zero when any line was rejected");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "non-zero when any line was rejected"
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 2, "the valid lines around the bad ones still derive");
+    assert_eq!(
+        stdout.lines().count(),
+        2,
+        "the valid lines around the bad ones still derive"
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     let invalid_count = invalid.lines().count();
     assert_eq!(lines.len(), invalid_count, "{stderr}");
     for (i, line) in lines.iter().enumerate() {
-        assert!(line.starts_with(&format!("line {}: rejected (", i + 2)), "{line}");
+        assert!(
+            line.starts_with(&format!("line {}: rejected (", i + 2)),
+            "{line}"
+        );
     }
-    let codes: Vec<&str> = lines.iter().map(|l| l.split(['(', ')']).nth(1).unwrap()).collect();
+    let codes: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(['(', ')']).nth(1).unwrap())
+        .collect();
     assert_eq!(
         codes,
-        ["invalid_json", "not_object", "missing_field", "invalid_timestamp", "invalid_value",
-         "missing_entity", "id_mismatch", "cross_tenant"]
+        [
+            "invalid_json",
+            "not_object",
+            "missing_field",
+            "invalid_timestamp",
+            "invalid_value",
+            "missing_entity",
+            "id_mismatch",
+            "cross_tenant"
+        ]
     );
 }
 
 #[test]
 fn stdin_dash_and_missing_file() {
-    let out = bin().args(["derive", "-"]).stdin(Stdio::null()).output().unwrap();
+    let out = bin()
+        .args(["derive", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
 
-    let out = bin().args(["derive", "/nonexistent/records.jsonl"]).output().unwrap();
+    let out = bin()
+        .args(["derive", "/nonexistent/records.jsonl"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/records.jsonl"));
 }
@@ -89,10 +137,19 @@ fn stdin_dash_and_missing_file() {
 #[test]
 fn dead_letter_schema_accepts_a_complete_record() {
     let valid = std::fs::read_to_string(repo_root().join("deploy/sample-records.jsonl")).unwrap();
-    let out = bin().arg("derive").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut c| {
-        c.stdin.take().unwrap().write_all(valid.lines().next().unwrap().as_bytes())?;
-        c.wait_with_output()
-    }).unwrap();
+    let out = bin()
+        .arg("derive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(valid.lines().next().unwrap().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
     let event: Value = serde_json::from_slice(&out.stdout).unwrap();
     let record = serde_json::json!({
         "schema_version": 1,

@@ -17,9 +17,20 @@ async fn records_survive_a_real_broker_and_derive_the_spec_events() {
         .lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let entity = v.get("after").filter(|a| !a.is_null()).or(v.get("before")).unwrap();
-            let user = entity.get("user").and_then(|u| u.get("id")).unwrap_or(&entity["id"]);
-            let key = format!("{}/{}", v["organization_id"].as_str().unwrap(), user.as_str().unwrap());
+            let entity = v
+                .get("after")
+                .filter(|a| !a.is_null())
+                .or(v.get("before"))
+                .unwrap();
+            let user = entity
+                .get("user")
+                .and_then(|u| u.get("id"))
+                .unwrap_or(&entity["id"]);
+            let key = format!(
+                "{}/{}",
+                v["organization_id"].as_str().unwrap(),
+                user.as_str().unwrap()
+            );
             (key, line.as_bytes().to_vec())
         })
         .collect();
@@ -38,11 +49,16 @@ async fn records_survive_a_real_broker_and_derive_the_spec_events() {
     // Per key, the derived events come back in the order they were produced.
     let mut expected: BTreeMap<Vec<u8>, Vec<_>> = BTreeMap::new();
     for (key, value) in &records {
-        expected.entry(key.as_bytes().to_vec()).or_default().extend(derive_types(value));
+        expected
+            .entry(key.as_bytes().to_vec())
+            .or_default()
+            .extend(derive_types(value));
     }
     let mut got: BTreeMap<Vec<u8>, Vec<_>> = BTreeMap::new();
     for record in &consumed {
-        got.entry(record.key.clone().unwrap()).or_default().extend(derive_types(&record.value));
+        got.entry(record.key.clone().unwrap())
+            .or_default()
+            .extend(derive_types(&record.value));
     }
     assert_eq!(got, expected);
 
@@ -52,7 +68,11 @@ async fn records_survive_a_real_broker_and_derive_the_spec_events() {
     assert_eq!(count("event.created"), 3);
     assert_eq!(count("user.created"), 3);
     assert_eq!(count("event.updated"), 3);
-    assert_eq!(count("user.updated"), 3, "pending and ineffective updates are held back");
+    assert_eq!(
+        count("user.updated"),
+        3,
+        "pending and ineffective updates are held back"
+    );
     assert_eq!(count("event.deleted"), 1);
     assert_eq!(count("user.deleted"), 1);
     assert_eq!(types.len(), 14);

@@ -1,6 +1,7 @@
 //! `consent-webhooks derive`: the pure core over JSON Lines, for trying rules and checking data.
 //!
-//! Guarantee: streams. One line is held at a time (the line buffer is reused), events come out
+//! Guarantee: streams. Lines are read in place from the reader's buffer (a line longer than
+//! the buffer is gathered in one reused spill buffer), events come out
 //! in input order, each rejected line is reported on the error stream with its line number and
 //! reason, and processing goes on. Blank lines carry no record and are skipped.
 
@@ -26,34 +27,30 @@ pub fn run(
     rules: &Rules,
 ) -> io::Result<Summary> {
     let mut summary = Summary::default();
-    let mut line = Vec::with_capacity(4096);
+    // Used only for a line that straddles the reader's buffer; other lines are read in place.
+    let mut spill = Vec::new();
     let mut number = 0u64;
     loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        let buffer = input.fill_buf()?;
+        if buffer.is_empty() {
             break;
         }
         number += 1;
-        let record = trim_line_end(&line);
-        if record.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        summary.records += 1;
-        match derive_record(record, rules) {
-            Ok(Derived::Webhook(event)) => {
-                summary.webhooks += 1;
-                output.write_all(&event.body)?;
-                output.write_all(b"\n")?;
-            }
-            Ok(Derived::Suppressed(_)) => summary.suppressed += 1,
-            Err(rejection) => {
-                summary.rejected += 1;
-                writeln!(
-                    errors,
-                    "line {number}: rejected ({}): {rejection}",
-                    rejection.code()
-                )?;
-            }
+        if let Some(end) = memchr::memchr(b'\n', buffer) {
+            one_line(
+                &buffer[..end],
+                number,
+                &mut summary,
+                &mut output,
+                &mut errors,
+                rules,
+            )?;
+            input.consume(end + 1);
+        } else {
+            spill.clear();
+            input.read_until(b'\n', &mut spill)?;
+            let line = spill.strip_suffix(b"\n").unwrap_or(&spill);
+            one_line(line, number, &mut summary, &mut output, &mut errors, rules)?;
         }
     }
     output.flush()?;
@@ -61,9 +58,36 @@ pub fn run(
     Ok(summary)
 }
 
-fn trim_line_end(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
+fn one_line(
+    line: &[u8],
+    number: u64,
+    summary: &mut Summary,
+    output: &mut impl Write,
+    errors: &mut impl Write,
+    rules: &Rules,
+) -> io::Result<()> {
+    let record = line.strip_suffix(b"\r").unwrap_or(line);
+    if record.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    summary.records += 1;
+    match derive_record(record, rules) {
+        Ok(Derived::Webhook(event)) => {
+            summary.webhooks += 1;
+            output.write_all(&event.body)?;
+            output.write_all(b"\n")?;
+        }
+        Ok(Derived::Suppressed(_)) => summary.suppressed += 1,
+        Err(rejection) => {
+            summary.rejected += 1;
+            writeln!(
+                errors,
+                "line {number}: rejected ({}): {rejection}",
+                rejection.code()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -83,7 +107,12 @@ mod tests {
         let summary = run(input.as_bytes(), &mut out, &mut err, &Rules::default()).unwrap();
         assert_eq!(
             summary,
-            Summary { records: 4, webhooks: 2, suppressed: 1, rejected: 1 }
+            Summary {
+                records: 4,
+                webhooks: 2,
+                suppressed: 1,
+                rejected: 1
+            }
         );
         let out = String::from_utf8(out).unwrap();
         let types: Vec<String> = out
@@ -92,7 +121,10 @@ mod tests {
             .collect();
         assert_eq!(types, ["\"user.created\"", "\"user.deleted\""]);
         let err = String::from_utf8(err).unwrap();
-        assert!(err.starts_with("line 3: rejected (invalid_json): "), "{err}");
+        assert!(
+            err.starts_with("line 3: rejected (invalid_json): "),
+            "{err}"
+        );
         assert_eq!(err.lines().count(), 1);
     }
 }

@@ -63,7 +63,10 @@ pub fn bootstrap() -> &'static str {
 /// A topic or group name no other test, run or process uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!(
         "{prefix}-{}-{}-{}",
         std::process::id(),
@@ -79,7 +82,10 @@ pub async fn create_topic(name: &str, partitions: i32) {
         .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = admin
-        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await
         .expect("create_topics request");
     for result in results {
@@ -106,7 +112,11 @@ pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
             Duration::from_secs(30),
         )
     });
-    for (i, result) in futures::future::join_all(sends).await.into_iter().enumerate() {
+    for (i, result) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         result.unwrap_or_else(|(e, _)| panic!("record {i} not acknowledged: {e}"));
     }
 }

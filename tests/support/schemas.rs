@@ -15,16 +15,25 @@ fn load(name: &str) -> Value {
 fn validator(name: &str) -> jsonschema::Validator {
     let mut options = jsonschema::options().should_validate_formats(true);
     for dependency in ["webhook-event.schema.json", "consent-change.schema.json"] {
-        let resource = jsonschema::Resource::from_contents(load(dependency)).expect("schema resource");
+        let resource =
+            jsonschema::Resource::from_contents(load(dependency)).expect("schema resource");
         options = options.with_resource(format!("{BASE}{dependency}"), resource);
     }
-    options.build(&load(name)).unwrap_or_else(|e| panic!("schema {name}: {e}"))
+    options
+        .build(&load(name))
+        .unwrap_or_else(|e| panic!("schema {name}: {e}"))
 }
 
 fn check(name: &str, instance: &Value) {
     let validator = validator(name);
-    let errors: Vec<String> = validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect();
-    assert!(errors.is_empty(), "{instance} does not match {name}: {errors:#?}");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{instance} does not match {name}: {errors:#?}"
+    );
 }
 
 pub fn assert_consent_change(instance: &Value) {

@@ -1,0 +1,185 @@
+//! Validated, typed settings: what the rest of the service reads. Built only by
+//! [`crate::config::load`], so every value here has passed validation.
+//!
+//! Secrets are [`SecretString`]s (or a [`SigningKey`]): their `Debug` prints nothing usable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::derive::Rules;
+use crate::webhook::{EventType, SigningKey};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub delivery: DeliverySettings,
+    pub rules: Rules,
+    pub server: ServerSettings,
+    /// Organization id → its endpoint. An organization not listed has no endpoint: its events
+    /// are counted and skipped.
+    pub organizations: BTreeMap<String, OrganizationSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub dead_letter_topic: String,
+    pub rejected_topic: String,
+    /// librdkafka properties passed through as they are (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets (e.g. `sasl.password`), read from env or
+    /// files named in the config.
+    pub secret_properties: BTreeMap<String, SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub connect_timeout: Duration,
+    /// Whole request, response body included.
+    pub request_timeout: Duration,
+    /// Largest response body read; the rest is discarded unread.
+    pub max_response_body_bytes: usize,
+    /// Default retry policy for organizations that set none.
+    pub retry: RetrySettings,
+    /// Default concurrent requests per endpoint.
+    pub endpoint_concurrency: usize,
+    /// Concurrent requests across all endpoints.
+    pub max_in_flight_requests: usize,
+    /// Records taken from Kafka and not yet done, across all partitions; past it, partitions
+    /// are paused.
+    pub max_pending_records: usize,
+    /// Events queued or retrying for one organization; past it, new events for that
+    /// organization go to the dead-letter topic with reason `lane_overflow`.
+    pub max_pending_per_organization: usize,
+    /// On shutdown or revoke: how long in-flight work may take before it is abandoned
+    /// (uncommitted, so redelivered after restart).
+    pub drain_timeout: Duration,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Delays of the retries, each measured from the first attempt's start (cumulative),
+    /// strictly increasing.
+    pub schedule: Vec<Duration>,
+    /// Upper bound of the random delay added to each retry.
+    pub max_jitter: Duration,
+    /// No retry is scheduled later than this after the first attempt.
+    pub budget: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrganizationSettings {
+    pub url: Url,
+    /// `None` = every type.
+    pub event_types: Option<BTreeSet<EventType>>,
+    /// Regulations delivered; default `{"gdpr"}`.
+    pub regulations: BTreeSet<String>,
+    /// Custom headers added to every request (validated names and values).
+    pub headers: Vec<(String, String)>,
+    pub signing_key: Option<SigningKey>,
+    pub oauth: Option<OAuthSettings>,
+    /// Plain `http://` allowed (development only).
+    pub allow_http: bool,
+    /// Loopback, private, link-local and other non-global addresses allowed (development only).
+    pub allow_private_addresses: bool,
+    pub concurrency: usize,
+    pub retry: RetrySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub scope: Option<String>,
+    pub auth_style: AuthStyle,
+    /// Extra headers on token requests.
+    pub headers: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    pub const DEFAULT_GROUP_ID: &'static str = "consent-webhooks";
+    pub const DEFAULT_INPUT_TOPIC: &'static str = "consent.changes";
+    pub const DEFAULT_DEAD_LETTER_TOPIC: &'static str = "consent.webhooks.dead-letter";
+    pub const DEFAULT_REJECTED_TOPIC: &'static str = "consent.changes.rejected";
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_response_body_bytes: 64 * 1024,
+            retry: RetrySettings::default(),
+            endpoint_concurrency: 16,
+            max_in_flight_requests: 512,
+            max_pending_records: 20_000,
+            max_pending_per_organization: 10_000,
+            drain_timeout: Duration::from_secs(15),
+            user_agent: concat!("consent-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl Default for RetrySettings {
+    /// Six retries, the last 290 s after the first attempt: with at most 5 s of jitter every
+    /// retry starts within five minutes (SPEC §4: at least five retries within five minutes).
+    fn default() -> Self {
+        RetrySettings {
+            schedule: [5, 20, 50, 110, 200, 290].map(Duration::from_secs).to_vec(),
+            max_jitter: Duration::from_secs(5),
+            budget: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the client credentials reach the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// HTTP Basic authentication (the RFC's recommended default).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+}
+
+impl AuthStyle {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStyle::Basic => "basic",
+            AuthStyle::RequestBody => "request_body",
+        }
+    }
+}
+
+impl OrganizationSettings {
+    /// Whether this endpoint wants events of this type and regulation (SPEC §4).
+    pub fn accepts(&self, event_type: EventType, regulation: &str) -> bool {
+        self.event_types
+            .as_ref()
+            .is_none_or(|types| types.contains(&event_type))
+            && self.regulations.contains(regulation)
+    }
+}

@@ -1,0 +1,330 @@
+//! The checks that turn a TOML tree into [`Settings`]: the `kafka`, `server`, `rules` and
+//! `delivery` sections here, `organizations` in [`super::validate_org`].
+//!
+//! Guarantee: every default is filled in from the `Default` impls in `settings.rs` (one source
+//! of truth, also what `check-config` prints), and every value that reaches [`Settings`] passed
+//! its check here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use secrecy::SecretString;
+use toml::{Table, Value};
+
+use super::reader::{describe, empty_table, invalid, join, Keys, Node};
+use super::settings::*;
+use super::{secret, validate_org, ConfigError};
+use crate::derive::Rules;
+
+/// What validation may read besides the tree: where relative secret files are, and the
+/// environment for `{ env = "VAR" }` secrets.
+pub(super) struct Ctx<'a> {
+    pub base_dir: &'a Path,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+pub(super) const ROOT_KEYS: Keys = &[
+    ("kafka", "[kafka]"),
+    ("server", "[server]"),
+    ("rules", "[rules]"),
+    ("delivery", "[delivery]"),
+    ("organizations", "[organizations.acme]"),
+];
+
+pub(super) const KAFKA_KEYS: Keys = &[
+    (
+        "brokers",
+        r#"brokers = "kafka-0.kafka:9092,kafka-1.kafka:9092""#,
+    ),
+    ("group_id", r#"group_id = "consent-webhooks""#),
+    ("input_topic", r#"input_topic = "consent.changes""#),
+    (
+        "dead_letter_topic",
+        r#"dead_letter_topic = "consent.webhooks.dead-letter""#,
+    ),
+    (
+        "rejected_topic",
+        r#"rejected_topic = "consent.changes.rejected""#,
+    ),
+    (
+        "properties",
+        r#"properties = { "security.protocol" = "SASL_SSL" }"#,
+    ),
+    (
+        "secret_properties",
+        r#"secret_properties = { "sasl.password" = { env = "KAFKA_SASL_PASSWORD" } }"#,
+    ),
+];
+
+pub(super) const SERVER_KEYS: Keys = &[("listen", r#"listen = "0.0.0.0:9464""#)];
+
+pub(super) const RULES_KEYS: Keys = &[(
+    "volatile_fields",
+    r#"volatile_fields = ["updated_at", "version", "last_seen_country"]"#,
+)];
+
+pub(super) const DELIVERY_KEYS: Keys = &[
+    ("connect_timeout", r#"connect_timeout = "5s""#),
+    ("request_timeout", r#"request_timeout = "10s""#),
+    ("max_response_body_bytes", "max_response_body_bytes = 65536"),
+    ("endpoint_concurrency", "endpoint_concurrency = 16"),
+    ("max_in_flight_requests", "max_in_flight_requests = 512"),
+    ("max_pending_records", "max_pending_records = 20000"),
+    (
+        "max_pending_per_organization",
+        "max_pending_per_organization = 10000",
+    ),
+    ("drain_timeout", r#"drain_timeout = "15s""#),
+    ("user_agent", r#"user_agent = "consent-webhooks/1.0""#),
+    (
+        "retry",
+        r#"retry = { schedule = ["5s", "20s", "50s", "110s", "200s", "290s"], max_jitter = "5s", budget = "5m" }"#,
+    ),
+];
+
+pub(super) const RETRY_KEYS: Keys = &[
+    (
+        "schedule",
+        r#"schedule = ["5s", "20s", "50s", "110s", "200s", "290s"]"#,
+    ),
+    ("max_jitter", r#"max_jitter = "5s""#),
+    ("budget", r#"budget = "5m""#),
+];
+
+/// librdkafka properties that have a dedicated key here, and that key.
+const OWNED_PROPERTIES: [(&str, &str); 2] =
+    [("bootstrap.servers", "brokers"), ("group.id", "group_id")];
+
+pub(super) fn settings(root: &Table, ctx: &Ctx<'_>) -> Result<Settings, ConfigError> {
+    let root = Node::open(String::new(), root, ROOT_KEYS)?;
+    let delivery = delivery(&root.child("delivery", DELIVERY_KEYS)?)?;
+    Ok(Settings {
+        kafka: kafka(&root.child("kafka", KAFKA_KEYS)?, ctx)?,
+        rules: rules(&root.child("rules", RULES_KEYS)?)?,
+        server: server(&root.child("server", SERVER_KEYS)?)?,
+        organizations: validate_org::organizations(&root, &delivery, ctx)?,
+        delivery,
+    })
+}
+
+fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {
+    let brokers = node.required_string("brokers")?;
+    if brokers.split(',').any(|b| b.trim().is_empty()) {
+        return Err(node.err("brokers", format!("{brokers:?} has an empty entry")));
+    }
+    let group_id = node
+        .nonempty_string("group_id")?
+        .unwrap_or_else(|| KafkaSettings::DEFAULT_GROUP_ID.into());
+
+    let topic_keys = [
+        ("input_topic", KafkaSettings::DEFAULT_INPUT_TOPIC),
+        (
+            "dead_letter_topic",
+            KafkaSettings::DEFAULT_DEAD_LETTER_TOPIC,
+        ),
+        ("rejected_topic", KafkaSettings::DEFAULT_REJECTED_TOPIC),
+    ];
+    let mut topics: Vec<String> = Vec::new();
+    for (key, default) in &topic_keys {
+        let topic = node.string(key)?.unwrap_or_else(|| (*default).into());
+        check_topic(&topic).map_err(|m| node.err(key, format!("{topic:?} {m}")))?;
+        if let Some(j) = topics.iter().position(|t| *t == topic) {
+            let other = node.key_path(topic_keys[j].0);
+            return Err(node.err(
+                key,
+                format!("{topic:?} is also {other}; the three topics must differ"),
+            ));
+        }
+        topics.push(topic);
+    }
+    let [input_topic, dead_letter_topic, rejected_topic] =
+        <[String; 3]>::try_from(topics).expect("three topics");
+
+    let properties = properties(node)?;
+    let secret_properties = secret_properties(node, ctx)?;
+    Ok(KafkaSettings {
+        brokers: brokers.trim().to_owned(),
+        group_id,
+        input_topic,
+        dead_letter_topic,
+        rejected_topic,
+        properties,
+        secret_properties,
+    })
+}
+
+fn empty_or(table: Option<&Table>) -> &Table {
+    table.unwrap_or_else(|| empty_table())
+}
+
+/// Kafka topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err("must be 1 to 249 characters long".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err("is not a valid topic name".into());
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "contains {c:?}; topic names use only a-z, A-Z, 0-9, '.', '_', '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// `kafka.properties`: strings (integers and booleans are taken as their text).
+fn properties(node: &Node<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in empty_or(node.table("properties")?) {
+        let key = join(&node.key_path("properties"), name);
+        let err = |message: String| invalid(&key, message, node.example("properties"));
+        if let Some((_, own)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == name) {
+            return Err(err(format!("set it with {} instead", node.key_path(own))));
+        }
+        if is_secret_property(name) {
+            return Err(err(format!(
+                "holds a secret: set it in {} as {{ env = \"VAR\" }} or {{ file = \"/path\" }}",
+                node.key_path("secret_properties")
+            )));
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Integer(i) => i.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => return Err(err(format!("expected a string, found {}", describe(other)))),
+        };
+        out.insert(name.clone(), text);
+    }
+    Ok(out)
+}
+
+fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password") || name.contains("secret") || name == "ssl.key.pem"
+}
+
+fn secret_properties(
+    node: &Node<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<BTreeMap<String, SecretString>, ConfigError> {
+    let table = empty_or(node.table("secret_properties")?);
+    let mut out = BTreeMap::new();
+    for (name, value) in table {
+        let path = join(&node.key_path("secret_properties"), name);
+        let example = r#""sasl.password" = { env = "KAFKA_SASL_PASSWORD" }"#;
+        let secret = secret::read_value(value, &path, example, ctx)?;
+        out.insert(name.clone(), secret.value);
+    }
+    Ok(out)
+}
+
+fn server(node: &Node<'_>) -> Result<ServerSettings, ConfigError> {
+    let mut server = ServerSettings::default();
+    if let Some(listen) = node.string("listen")? {
+        server.listen = listen.parse::<SocketAddr>().map_err(|_| {
+            node.err(
+                "listen",
+                format!("{listen:?} is not an address with a port"),
+            )
+        })?;
+    }
+    Ok(server)
+}
+
+fn rules(node: &Node<'_>) -> Result<Rules, ConfigError> {
+    let mut rules = Rules::default();
+    if let Some(fields) = node.strings("volatile_fields")? {
+        rules.volatile_fields = fields;
+    }
+    Ok(rules)
+}
+
+fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
+    let d = DeliverySettings::default();
+    let user_agent = node.nonempty_string("user_agent")?.unwrap_or(d.user_agent);
+    if reqwest::header::HeaderValue::from_str(&user_agent).is_err() {
+        return Err(node.err("user_agent", "is not a valid HTTP header value"));
+    }
+    Ok(DeliverySettings {
+        connect_timeout: node
+            .duration("connect_timeout", false)?
+            .unwrap_or(d.connect_timeout),
+        request_timeout: node
+            .duration("request_timeout", false)?
+            .unwrap_or(d.request_timeout),
+        max_response_body_bytes: node
+            .count_or("max_response_body_bytes", d.max_response_body_bytes)?,
+        endpoint_concurrency: node.count_or("endpoint_concurrency", d.endpoint_concurrency)?,
+        max_in_flight_requests: node
+            .count_or("max_in_flight_requests", d.max_in_flight_requests)?,
+        max_pending_records: node.count_or("max_pending_records", d.max_pending_records)?,
+        max_pending_per_organization: node.count_or(
+            "max_pending_per_organization",
+            d.max_pending_per_organization,
+        )?,
+        drain_timeout: node
+            .duration("drain_timeout", false)?
+            .unwrap_or(d.drain_timeout),
+        retry: retry(
+            &node.child("retry", RETRY_KEYS)?,
+            &d.retry,
+            "the default schedule",
+        )?,
+        user_agent,
+    })
+}
+
+/// A retry policy: keys given in `node`, the rest from `base` (described as `base_name`).
+/// Schedule: at least one entry, strictly increasing, none later than the budget.
+pub(super) fn retry(
+    node: &Node<'_>,
+    base: &RetrySettings,
+    base_name: &str,
+) -> Result<RetrySettings, ConfigError> {
+    let own_schedule = node.durations("schedule")?;
+    let schedule_set = own_schedule.is_some();
+    let retry = RetrySettings {
+        schedule: own_schedule.unwrap_or_else(|| base.schedule.clone()),
+        // Zero jitter is allowed: it makes retry times exact (tests, debugging).
+        max_jitter: node
+            .duration("max_jitter", true)?
+            .unwrap_or(base.max_jitter),
+        budget: node.duration("budget", false)?.unwrap_or(base.budget),
+    };
+    let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    if retry.schedule.is_empty() {
+        return Err(node.err("schedule", "must have at least one retry"));
+    }
+    if let Some(w) = retry.schedule.windows(2).find(|w| w[1] <= w[0]) {
+        return Err(node.err(
+            "schedule",
+            format!(
+                "must be strictly increasing (offsets from the first attempt), but {} follows {}",
+                show(w[1]),
+                show(w[0])
+            ),
+        ));
+    }
+    let last = *retry.schedule.last().expect("non-empty");
+    if last > retry.budget {
+        let (key, whose) = if schedule_set {
+            ("schedule", "the schedule")
+        } else {
+            ("budget", base_name)
+        };
+        return Err(node.err(
+            key,
+            format!(
+                "{whose} ends at {}, later than the budget {}",
+                show(last),
+                show(retry.budget)
+            ),
+        ));
+    }
+    Ok(retry)
+}

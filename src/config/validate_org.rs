@@ -1,0 +1,274 @@
+//! Checks of `[organizations.<id>]`: the endpoint, its filters, headers, secrets, OAuth and
+//! retry override.
+//!
+//! Guarantee: an endpoint or token URL is http(s) with a host and no credentials, and plain
+//! http only where `allow_http = true`; custom headers are valid HTTP and never replace a header
+//! the service sets itself (content type, signature, authorization, ...).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::Url;
+use toml::Value;
+
+use super::reader::{describe, invalid, join, Keys, Node};
+use super::settings::*;
+use super::validate::{retry, Ctx, RETRY_KEYS};
+use super::{secret, ConfigError};
+use crate::webhook::{EventType, SigningKey};
+
+pub(super) const ORG_KEYS: Keys = &[
+    ("url", r#"url = "https://hooks.example.com/consent""#),
+    (
+        "event_types",
+        r#"event_types = ["user.updated", "event.created"]"#,
+    ),
+    ("regulations", r#"regulations = ["gdpr"]"#),
+    ("headers", r#"headers = { "X-Tenant" = "acme" }"#),
+    (
+        "signing_secret",
+        r#"signing_secret = { env = "ACME_SIGNING_SECRET" }"#,
+    ),
+    ("allow_http", "allow_http = false"),
+    ("allow_private_addresses", "allow_private_addresses = false"),
+    ("concurrency", "concurrency = 16"),
+    (
+        "retry",
+        r#"retry = { schedule = ["10s", "1m", "4m"], budget = "5m" }"#,
+    ),
+    (
+        "oauth",
+        r#"oauth = { token_url = "https://auth.example.com/oauth/token", client_id = "consent-webhooks", client_secret = { env = "ACME_OAUTH_CLIENT_SECRET" } }"#,
+    ),
+];
+
+pub(super) const OAUTH_KEYS: Keys = &[
+    (
+        "token_url",
+        r#"token_url = "https://auth.example.com/oauth/token""#,
+    ),
+    ("client_id", r#"client_id = "consent-webhooks""#),
+    (
+        "client_secret",
+        r#"client_secret = { env = "ACME_OAUTH_CLIENT_SECRET" }"#,
+    ),
+    ("scope", r#"scope = "webhooks:write""#),
+    ("auth_style", r#"auth_style = "basic""#),
+    ("headers", r#"headers = { "X-Api-Version" = "2" }"#),
+];
+
+const ORG_EXAMPLE: &str = r#"organizations.acme = { url = "https://hooks.example.com/consent" }"#;
+
+/// Headers the service sets itself; a custom header may not replace them.
+pub const RESERVED_HEADERS: [&str; 8] = [
+    "content-type",
+    "user-agent",
+    "authorization",
+    "host",
+    "content-length",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+pub(super) fn organizations(
+    root: &Node<'_>,
+    delivery: &DeliverySettings,
+    ctx: &Ctx<'_>,
+) -> Result<BTreeMap<String, OrganizationSettings>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let Some(table) = root.table("organizations")? else {
+        return Ok(out);
+    };
+    for (id, value) in table {
+        let path = join("organizations", id);
+        if id.trim().is_empty() {
+            return Err(invalid(
+                &path,
+                "an organization id must not be empty",
+                ORG_EXAMPLE,
+            ));
+        }
+        let Value::Table(t) = value else {
+            let found = describe(value);
+            return Err(invalid(
+                &path,
+                format!("expected a table, found {found}"),
+                ORG_EXAMPLE,
+            ));
+        };
+        let node = Node::open(path, t, ORG_KEYS)?;
+        out.insert(id.clone(), organization(&node, delivery, ctx)?);
+    }
+    Ok(out)
+}
+
+fn organization(
+    node: &Node<'_>,
+    delivery: &DeliverySettings,
+    ctx: &Ctx<'_>,
+) -> Result<OrganizationSettings, ConfigError> {
+    let allow_http = node.bool_or("allow_http", false)?;
+    let allow_private_addresses = node.bool_or("allow_private_addresses", false)?;
+    // `allow_http` covers the token URL too: name it in both errors.
+    let http = (allow_http, node.key_path("allow_http"));
+    let url = http_url(node, "url", &http)?;
+
+    let event_types = match node.strings("event_types")? {
+        None => None,
+        Some(names) if names.is_empty() => {
+            return Err(node.err(
+                "event_types",
+                "lists no event type; remove the key to receive all six",
+            ))
+        }
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| n.parse::<EventType>())
+                .collect::<Result<BTreeSet<_>, _>>()
+                .map_err(|m| node.err("event_types", m))?,
+        ),
+    };
+    let regulations: BTreeSet<String> = match node.strings("regulations")? {
+        None => BTreeSet::from(["gdpr".to_owned()]),
+        Some(r) if r.is_empty() => {
+            return Err(node.err("regulations", "must list at least one regulation"))
+        }
+        Some(r) => r.into_iter().collect(),
+    };
+
+    let signing_key = match secret::read(node, "signing_secret", ctx)? {
+        None => None,
+        Some(secret) => {
+            use secrecy::ExposeSecret;
+            // The parse error is not shown: it can quote a character of the secret.
+            let key = SigningKey::parse(secret.value.expose_secret()).map_err(|_| {
+                node.err(
+                    "signing_secret",
+                    format!(
+                        "the secret from {} is not a Standard Webhooks signing secret \
+                         (`whsec_` followed by base64 of 24 to 64 bytes)",
+                        secret.source
+                    ),
+                )
+            })?;
+            Some(key)
+        }
+    };
+    let oauth = match node.table("oauth")? {
+        None => None,
+        Some(_) => Some(oauth(&node.child("oauth", OAUTH_KEYS)?, &http, ctx)?),
+    };
+    let retry = match node.table("retry")? {
+        None => delivery.retry.clone(),
+        Some(_) => retry(
+            &node.child("retry", RETRY_KEYS)?,
+            &delivery.retry,
+            "delivery.retry.schedule",
+        )?,
+    };
+    Ok(OrganizationSettings {
+        url,
+        event_types,
+        regulations,
+        headers: headers(node, "headers")?,
+        signing_key,
+        oauth,
+        allow_http,
+        allow_private_addresses,
+        concurrency: node.count_or("concurrency", delivery.endpoint_concurrency)?,
+        retry,
+    })
+}
+
+fn oauth(
+    node: &Node<'_>,
+    http: &(bool, String),
+    ctx: &Ctx<'_>,
+) -> Result<OAuthSettings, ConfigError> {
+    let auth_style = match node.string("auth_style")?.as_deref() {
+        None | Some("basic") => AuthStyle::Basic,
+        Some("request_body") => AuthStyle::RequestBody,
+        Some(other) => {
+            return Err(node.err(
+                "auth_style",
+                format!("{other:?} is not one of: basic, request_body"),
+            ))
+        }
+    };
+    let client_secret = secret::read(node, "client_secret", ctx)?
+        .ok_or_else(|| node.err("client_secret", "required key is missing"))?;
+    Ok(OAuthSettings {
+        token_url: http_url(node, "token_url", http)?,
+        client_id: node.required_string("client_id")?,
+        client_secret: client_secret.value,
+        scope: node.nonempty_string("scope")?,
+        auth_style,
+        headers: headers(node, "headers")?,
+    })
+}
+
+/// An http(s) URL with a host and no credentials; https unless `allow_http` (the flag, and its
+/// key path for the message).
+fn http_url(node: &Node<'_>, key: &str, allow_http: &(bool, String)) -> Result<Url, ConfigError> {
+    let raw = node.required_string(key)?;
+    // A URL with `@` may carry a password: describe it without quoting it.
+    let shown = if raw.contains('@') {
+        "the URL".to_owned()
+    } else {
+        format!("{raw:?}")
+    };
+    let url = Url::parse(raw.trim())
+        .map_err(|e| node.err(key, format!("{shown} is not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(node.err(key, format!("{shown} is not an http(s) URL")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(node.err(key, format!("{shown} has no host")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(node.err(
+            key,
+            "must not contain credentials (user:password@); use [oauth] or a signing secret",
+        ));
+    }
+    if url.scheme() == "http" && !allow_http.0 {
+        let allow = &allow_http.1;
+        return Err(node.err(
+            key,
+            format!("{shown} is plain http; use https, or set {allow} = true (development only)"),
+        ));
+    }
+    Ok(url)
+}
+
+/// Custom headers: valid names and values, none of the [`RESERVED_HEADERS`].
+fn headers(node: &Node<'_>, key: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(table) = node.table(key)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        let path = join(&node.key_path(key), name);
+        let err = |message: String| invalid(&path, message, node.example(key));
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(err(format!("{name:?} is not a valid HTTP header name")));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(err(format!(
+                "{name:?} is set by the service and cannot be configured (reserved: {})",
+                RESERVED_HEADERS.join(", ")
+            )));
+        }
+        let Value::String(text) = value else {
+            return Err(err(format!("expected a string, found {}", describe(value))));
+        };
+        // The value is not quoted back: custom headers sometimes carry tokens.
+        if HeaderValue::from_str(text).is_err() {
+            return Err(err("the value is not a valid HTTP header value".into()));
+        }
+        out.push((name.clone(), text.clone()));
+    }
+    Ok(out)
+}

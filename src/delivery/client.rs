@@ -1,0 +1,329 @@
+//! The [`Deliverer`]: one HTTP attempt of one webhook event to one endpoint, returned as an
+//! [`Attempt`] (data, never an error to unwrap).
+//!
+//! Guarantees:
+//! - every request is a POST of `event.body`, byte for byte, with `content-type`,
+//!   `user-agent`, `webhook-id`, a `webhook-timestamp` of this very request and, when the
+//!   endpoint has a signing key, a `webhook-signature` computed over that timestamp (so retries
+//!   never carry a stale signature). These headers, and `authorization`, win over custom headers
+//!   of the same name;
+//! - redirects are never followed (a 3xx is the outcome) and no request reaches a non-public
+//!   address or plain http unless the organization allows it (see [`super::guard`]);
+//! - once a status line arrives, the outcome is that status. The response body is read up to
+//!   `max_response_body_bytes` and then dropped; an error while reading it (timeout, reset)
+//!   does not change the outcome, so a 2xx whose body fails is delivered — the receiver has
+//!   already said it accepted the event;
+//! - with OAuth, a 401 invalidates the token and the request is re-sent once, at once, with a
+//!   new token; the attempt reports the final response;
+//! - each exchange (token request or POST) is bounded by `request_timeout`, the whole attempt
+//!   by [`Deliverer::max_attempt_duration`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
+use tokio::time::Instant;
+
+use crate::config::{DeliverySettings, OrganizationSettings};
+use crate::webhook::WebhookEvent;
+
+use super::attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
+use super::guard::{GuardedResolver, UrlPolicy};
+use super::oauth::{AccessToken, TokenSource};
+
+/// Idle keep-alive connections kept per host: enough for an endpoint's concurrency, bounded
+/// across many endpoints by the idle timeout.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// An OAuth attempt makes at most four exchanges: token, POST, and after a 401 token, POST.
+const MAX_EXCHANGES_PER_ATTEMPT: u32 = 4;
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryInitError {
+    #[error("user agent {0:?} is not a valid header value (visible ASCII only), e.g. \"consent-webhooks/1.0\"")]
+    UserAgent(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+pub struct Deliverer {
+    /// Resolves through the guard: public addresses only.
+    guarded: reqwest::Client,
+    /// For organizations with `allow_private_addresses` (development).
+    permissive: reqwest::Client,
+    user_agent: HeaderValue,
+    request_timeout: Duration,
+    max_response_body_bytes: usize,
+}
+
+impl fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("user_agent", &self.user_agent)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_response_body_bytes", &self.max_response_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One organization's endpoint, ready for attempts. Build it once per organization (it owns the
+/// OAuth token cache) and share it; cloning is cheap.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub organization_id: String,
+    pub settings: Arc<OrganizationSettings>,
+    client: reqwest::Client,
+    policy: UrlPolicy,
+    /// The custom headers, or the name of the first invalid one.
+    headers: Result<HeaderMap, String>,
+    token_source: Option<Arc<TokenSource>>,
+}
+
+impl Endpoint {
+    /// The OAuth token source, for its metrics counters.
+    pub fn token_source(&self) -> Option<&Arc<TokenSource>> {
+        self.token_source.as_ref()
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("organization_id", &self.organization_id)
+            .field("url", &self.settings.url.as_str())
+            .field("policy", &self.policy)
+            .field("token_source", &self.token_source)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_client(
+    settings: &DeliverySettings,
+    resolver: GuardedResolver,
+) -> Result<reqwest::Client, DeliveryInitError> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .dns_resolver(Arc::new(resolver))
+        // A proxy would resolve the target itself, out of the guard's sight.
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.request_timeout)
+        .user_agent(settings.user_agent.clone())
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(DeliveryInitError::Client)
+}
+
+impl Deliverer {
+    pub fn new(settings: &DeliverySettings) -> Result<Self, DeliveryInitError> {
+        let user_agent = HeaderValue::from_str(&settings.user_agent)
+            .map_err(|_| DeliveryInitError::UserAgent(settings.user_agent.clone()))?;
+        Ok(Deliverer {
+            guarded: build_client(settings, GuardedResolver::guarded())?,
+            permissive: build_client(settings, GuardedResolver::permissive())?,
+            user_agent,
+            request_timeout: settings.request_timeout,
+            max_response_body_bytes: settings.max_response_body_bytes,
+        })
+    }
+
+    /// Upper bound of one [`attempt`](Self::attempt), OAuth included.
+    pub fn max_attempt_duration(&self) -> Duration {
+        self.request_timeout * MAX_EXCHANGES_PER_ATTEMPT
+    }
+
+    /// Prepares an organization's endpoint: picks the client its guard rules call for, and
+    /// builds its token source (token requests follow the same rules as the endpoint's).
+    pub fn endpoint(&self, organization_id: &str, settings: Arc<OrganizationSettings>) -> Endpoint {
+        let policy = UrlPolicy {
+            allow_private: settings.allow_private_addresses,
+            allow_http: settings.allow_http,
+        };
+        let client = if policy.allow_private {
+            self.permissive.clone()
+        } else {
+            self.guarded.clone()
+        };
+        let token_source = settings
+            .oauth
+            .as_ref()
+            .map(|oauth| Arc::new(TokenSource::new(oauth, client.clone()).with_url_policy(policy)));
+        let mut headers = HeaderMap::new();
+        let mut invalid = None;
+        for (name, value) in &settings.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
+                }
+                _ => {
+                    tracing::error!(organization_id, header = %name, "invalid custom header: every attempt will fail");
+                    invalid.get_or_insert_with(|| name.clone());
+                }
+            }
+        }
+        Endpoint {
+            organization_id: organization_id.to_owned(),
+            settings,
+            client,
+            policy,
+            headers: invalid.map_or(Ok(headers), Err),
+            token_source,
+        }
+    }
+
+    /// Makes one attempt. Never fails: every ending is an [`AttemptOutcome`].
+    pub async fn attempt(&self, endpoint: &Endpoint, event: &WebhookEvent) -> Attempt {
+        let at = Utc::now();
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(self.max_attempt_duration(), self.exchange(endpoint, event))
+                .await
+                .unwrap_or(AttemptOutcome::Failed(AttemptError::Timeout));
+        let duration = started.elapsed();
+        tracing::debug!(
+            organization_id = %endpoint.organization_id,
+            event_id = %event.id,
+            outcome = %outcome.code(),
+            duration_ms = duration.as_millis() as u64,
+            "delivery attempt"
+        );
+        Attempt {
+            at,
+            duration,
+            outcome,
+        }
+    }
+
+    async fn exchange(&self, endpoint: &Endpoint, event: &WebhookEvent) -> AttemptOutcome {
+        if let Err(e) = endpoint.policy.check(&endpoint.settings.url) {
+            tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "endpoint URL refused");
+            return AttemptOutcome::Failed(e.attempt_error());
+        }
+        let Ok(custom) = &endpoint.headers else {
+            return AttemptOutcome::Failed(AttemptError::Request);
+        };
+        let Some(tokens) = &endpoint.token_source else {
+            return self.post(endpoint, custom, event, None).await;
+        };
+        let token = match self.token(endpoint, tokens).await {
+            Ok(token) => token,
+            Err(failed) => return failed,
+        };
+        let first = self.post(endpoint, custom, event, Some(&token)).await;
+        if first.status() != Some(401) {
+            return first;
+        }
+        // The token may have been revoked early: one fresh token, one immediate re-send.
+        tokens.invalidate(&token).await;
+        let token = match self.token(endpoint, tokens).await {
+            Ok(token) => token,
+            Err(failed) => return failed,
+        };
+        self.post(endpoint, custom, event, Some(&token)).await
+    }
+
+    async fn token(
+        &self,
+        endpoint: &Endpoint,
+        tokens: &TokenSource,
+    ) -> Result<AccessToken, AttemptOutcome> {
+        tokens.token().await.map_err(|e| {
+            tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "OAuth token fetch failed");
+            AttemptOutcome::Failed(AttemptError::OAuthToken)
+        })
+    }
+
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        custom: &HeaderMap,
+        event: &WebhookEvent,
+        token: Option<&AccessToken>,
+    ) -> AttemptOutcome {
+        let headers = match self.headers(endpoint, custom, event, token) {
+            Ok(headers) => headers,
+            Err(failed) => return AttemptOutcome::Failed(failed),
+        };
+        let sent = endpoint
+            .client
+            .post(endpoint.settings.url.clone())
+            .headers(headers)
+            .body(event.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(organization_id = %endpoint.organization_id, error = %e, "request failed");
+                return AttemptOutcome::Failed(AttemptError::classify(&e));
+            }
+        };
+        let code = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let mut read = 0;
+        while read < self.max_response_body_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(organization_id = %endpoint.organization_id, code, error = %e, "response body not read");
+                    break;
+                }
+            }
+        }
+        AttemptOutcome::Status { code, retry_after }
+    }
+
+    /// Custom headers first, then ours over them.
+    fn headers(
+        &self,
+        endpoint: &Endpoint,
+        custom: &HeaderMap,
+        event: &WebhookEvent,
+        token: Option<&AccessToken>,
+    ) -> Result<HeaderMap, AttemptError> {
+        let timestamp = Utc::now().timestamp();
+        let mut headers = custom.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, self.user_agent.clone());
+        let id = HeaderValue::from_str(&event.id).map_err(|_| AttemptError::Request)?;
+        headers.insert(WEBHOOK_ID, id);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        if let Some(key) = &endpoint.settings.signing_key {
+            let signature = key.sign(&event.id, timestamp, &event.body);
+            let signature = HeaderValue::from_str(&signature).map_err(|_| AttemptError::Request)?;
+            headers.insert(WEBHOOK_SIGNATURE, signature);
+        }
+        if let Some(token) = token {
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+                .map_err(|_| AttemptError::OAuthToken)?;
+            bearer.set_sensitive(true);
+            headers.insert(AUTHORIZATION, bearer);
+        }
+        Ok(headers)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! Delivery: one HTTP attempt of one webhook event to one endpoint, classified as data.
+//!
+//! - [`client`]: the [`Deliverer`] makes an attempt (headers, signature, OAuth, body cap) and
+//!   returns an [`Attempt`];
+//! - [`attempt`]: what an attempt produced ([`AttemptOutcome`], [`AttemptError`]);
+//! - [`retry`]: the pure [`RetryPolicy`] turning an outcome into a [`Decision`];
+//! - [`guard`]: the address guard (public addresses, HTTPS) in the resolver and before requests;
+//! - [`oauth`]: the client-credentials [`TokenSource`] with its token cache.
+//!
+//! The orchestrator loops: `attempt` → `decide` → wait `RetryAfter` or stop on `Delivered` /
+//! `GiveUp`. Nothing here sleeps between attempts or touches Kafka.
+
+pub mod attempt;
+pub mod client;
+pub mod guard;
+pub mod oauth;
+pub mod retry;
+
+#[cfg(test)]
+mod testkit;
+
+pub use attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
+pub use client::{Deliverer, DeliveryInitError, Endpoint};
+pub use guard::{check_url, is_global, GuardError, GuardedResolver, UrlPolicy};
+pub use oauth::{AccessToken, OAuthError, TokenSource};
+pub use retry::{is_retryable_status, Decision, GiveUpReason, RetryPolicy};
