@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{ConfigError, Settings};
 use crate::derive::Rules;
 use crate::equivalence::DEFAULT_VOLATILE_FIELDS;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,6 +16,15 @@ use crate::equivalence::DEFAULT_VOLATILE_FIELDS;
     about = "Consent-change records from Kafka in, webhooks out."
 )]
 pub struct Cli {
+    /// Log format: JSON lines when stderr is not a terminal (auto), or forced.
+    #[arg(
+        long,
+        env = "CONSENT_WEBHOOKS_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +36,71 @@ pub enum Command {
     /// Rejected lines are reported on stderr with their line number and reason; the exit status
     /// is 1 when any line was rejected.
     Derive(DeriveArgs),
+    /// Run the pipeline: consume, derive, deliver, retry, dead-letter, until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Validate a configuration file and print the settings it yields, secrets redacted.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The configuration file (TOML).
+    #[arg(env = "CONSENT_WEBHOOKS_CONFIG")]
+    pub file: PathBuf,
+    /// Kafka bootstrap servers; overrides `kafka.brokers`.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub brokers: Option<String>,
+}
+
+/// Where the settings come from. Every file setting can also be overridden by an environment
+/// variable `CONSENT_WEBHOOKS__<SECTION>__<KEY>` (see the README).
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short = 'c', env = "CONSENT_WEBHOOKS_CONFIG")]
+    pub config: PathBuf,
+    /// Kafka bootstrap servers; overrides `kafka.brokers`.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub brokers: Option<String>,
+    /// Consumer group id; overrides `kafka.group_id`.
+    #[arg(long, env = "CONSENT_WEBHOOKS_GROUP_ID")]
+    pub group_id: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads and validates the settings, flags over environment over file.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        load_settings(
+            &self.config,
+            self.brokers.as_deref(),
+            self.group_id.as_deref(),
+        )
+    }
+}
+
+/// Loads the file with `CONSENT_WEBHOOKS__*` overrides from the environment, then the flags.
+pub fn load_settings(
+    path: &std::path::Path,
+    brokers: Option<&str>,
+    group_id: Option<&str>,
+) -> Result<Settings, ConfigError> {
+    let mut overrides: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with(crate::config::ENV_PREFIX))
+        .collect();
+    let prefix = crate::config::ENV_PREFIX;
+    if let Some(brokers) = brokers {
+        overrides.push((format!("{prefix}KAFKA__BROKERS"), brokers.to_owned()));
+    }
+    if let Some(group_id) = group_id {
+        overrides.push((format!("{prefix}KAFKA__GROUP_ID"), group_id.to_owned()));
+    }
+    crate::config::load_with_env(path, &|name| std::env::var(name).ok(), &overrides)
 }
 
 #[derive(Debug, Args)]

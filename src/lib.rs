@@ -1,14 +1,22 @@
 //! consent-webhooks: consent-change records from Kafka in, webhooks out (see SPEC.md).
 //!
-//! Pipeline stages, one module each: [`change`] (parse and validate) → [`derive`] (pure rules)
-//! → [`webhook`] (the event, its id and signature) → [`delivery`] (HTTP, OAuth, retry policy).
+//! Pipeline stages, one module each: [`ingest`] (Kafka consumer, offsets) → [`change`] (parse
+//! and validate) → [`derive`] (pure rules) → [`webhook`] (the event, its id and signature) →
+//! [`dispatch`] (per-organization lanes) → [`delivery`] (HTTP, OAuth, retry policy) →
+//! [`deadletter`] (permanent storage). [`pipeline`] wires them with one shutdown path.
 
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod delivery;
 pub mod derive;
+pub mod dispatch;
 pub mod equivalence;
+pub mod ingest;
+pub mod kafka;
 pub mod ops;
+pub mod pipeline;
 pub mod rawjson;
+pub mod telemetry;
 pub mod webhook;

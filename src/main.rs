@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use consent_webhooks::cli::{Cli, Command, DeriveArgs};
-use consent_webhooks::ops;
+use consent_webhooks::cli::{self, CheckConfigArgs, Cli, Command, DeriveArgs, RunArgs};
+use consent_webhooks::{config, ops, pipeline, telemetry};
+use tokio_util::sync::CancellationToken;
 
 // The pipeline allocates many small short-lived buffers; mimalloc is markedly faster at that
 // than glibc's allocator (see the derive benchmark in the README).
@@ -17,7 +18,62 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Derive(args) => derive(args),
+        Command::CheckConfig(args) => check_config(args),
+        Command::Run(args) => {
+            telemetry::init_logging(cli.log_format);
+            run(args)
+        }
     }
+}
+
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    match cli::load_settings(&args.file, args.brokers.as_deref(), None) {
+        Ok(settings) => {
+            print!("{}", config::render_redacted(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("invalid configuration: {error}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = match args.config.load() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("invalid configuration: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("consent-webhooks")
+        .build()?;
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        pipeline::run(settings, stop).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `stop` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    stop.cancel();
 }
 
 fn derive(args: DeriveArgs) -> anyhow::Result<ExitCode> {

@@ -230,7 +230,9 @@ impl TokenSource {
             .as_ref()
             .map_err(|name| OAuthError::InvalidHeader(name.clone()))?;
         let requested = Instant::now();
-        let send = |request: HttpRequest| self.send(request, headers);
+        // The hook returns an owned ('static) future: a borrowing one makes the whole delivery
+        // future fail the compiler's higher-ranked `Send` check when spawned.
+        let send = |request: HttpRequest| send(self.http.clone(), request, headers.to_vec());
         let response = self
             .client
             .exchange_client_credentials()
@@ -260,41 +262,40 @@ impl TokenSource {
             refresh_at: refresh_at(requested, expires_in),
         })
     }
+}
 
-    /// oauth2's HTTP hook: our client (guarded resolver, no redirects, timeouts), plus the extra
-    /// headers. Headers oauth2 sets itself (authorization, content-type, accept) win.
-    async fn send(
-        &self,
-        request: HttpRequest,
-        extra: &[(HeaderName, HeaderValue)],
-    ) -> Result<HttpResponse, TransportError> {
-        let (parts, body) = request.into_parts();
-        let mut headers = parts.headers;
-        for (name, value) in extra {
-            if !headers.contains_key(name) {
-                headers.append(name.clone(), value.clone());
-            }
+/// oauth2's HTTP hook: our client (guarded resolver, no redirects, timeouts), plus the extra
+/// headers. Headers oauth2 sets itself (authorization, content-type, accept) win.
+async fn send(
+    http: reqwest::Client,
+    request: HttpRequest,
+    extra: Vec<(HeaderName, HeaderValue)>,
+) -> Result<HttpResponse, TransportError> {
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    for (name, value) in extra {
+        if !headers.contains_key(&name) {
+            headers.append(name, value);
         }
-        let mut response = self
-            .http
-            .request(parts.method, parts.uri.to_string())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await?;
-        let mut builder = oauth2::http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            builder = builder.header(name, value);
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
-                return Err(TransportError::TooLarge(MAX_TOKEN_RESPONSE_BYTES));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(builder.body(body)?)
     }
+    let mut response = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(headers)
+        .body(body)
+        .send()
+        .await?;
+    let mut builder = oauth2::http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+            return Err(TransportError::TooLarge(MAX_TOKEN_RESPONSE_BYTES));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(builder.body(body)?)
 }
 
 #[cfg(test)]

@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod receiver;
 pub mod schemas;
+pub mod service;

@@ -1,0 +1,342 @@
+//! Fan-out: one lane per organization, each delivering its events with retries.
+//!
+//! Guarantees:
+//! - **Order per key.** Events with the same Kafka record key (SPEC §1 recommends
+//!   `organization/user`) are delivered one after the other, in offset order: the next starts
+//!   when the previous one is delivered or dead-lettered. Events without a key are unordered.
+//! - **Isolation.** An organization's requests are capped by its endpoint's `concurrency`, and
+//!   all requests by `max_in_flight_requests`; both permits are held only during an attempt,
+//!   never while waiting to retry, so a slow or dead endpoint holds only its own lane.
+//! - **Bounded.** A lane holds at most `max_pending_per_organization` events (queued, in
+//!   flight or waiting to retry). When it is full, a new event for it is dead-lettered at once
+//!   with reason `lane_overflow` (nothing is lost; `redrive` delivers it later), so that one dead
+//!   endpoint cannot fill memory or stall the partitions it shares with others.
+//! - **Completion.** A record's ticket is completed exactly when its outcome is terminal:
+//!   delivered, dead-letter write acknowledged, rejected-topic write acknowledged, or nothing
+//!   to deliver (no endpoint, filtered out). Cancelled work (revoke, shutdown) is not
+//!   completed, so its offset is not committed and the record is consumed again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::change::Rejection;
+use crate::config::Settings;
+use crate::deadletter::{DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef};
+use crate::delivery::{Attempt, Decision, Deliverer, Endpoint, GiveUpReason, RetryPolicy};
+use crate::ingest::{Progress, Ticket};
+use crate::webhook::WebhookEvent;
+
+/// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
+#[derive(Debug)]
+pub enum Work {
+    Deliver {
+        ticket: Ticket,
+        key: Option<Vec<u8>>,
+        event: WebhookEvent,
+        source: SourceRef,
+    },
+    Reject {
+        ticket: Ticket,
+        record: InputRecord,
+        rejection: Rejection,
+    },
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    DeadLettered(DeadLetterReason),
+    /// Cancelled by a revoke or shutdown: not done, consumed again later.
+    Abandoned,
+}
+
+/// Everything the lanes share.
+struct Shared {
+    deliverer: Deliverer,
+    producers: Producers,
+    progress: Arc<Progress>,
+    global: Semaphore,
+    max_pending_per_organization: usize,
+    tasks: TaskTracker,
+}
+
+struct Lane {
+    endpoint: Endpoint,
+    policy: RetryPolicy,
+    concurrency: Semaphore,
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// Keys with a worker running, and the events waiting behind it.
+    keys: HashMap<Vec<u8>, VecDeque<Job>>,
+    /// Events in this lane that are not terminal yet.
+    pending: usize,
+}
+
+struct Job {
+    ticket: Ticket,
+    event: WebhookEvent,
+    source: SourceRef,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    lanes: HashMap<String, Arc<Lane>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        settings: &Settings,
+        deliverer: Deliverer,
+        producers: Producers,
+        progress: Arc<Progress>,
+        tasks: TaskTracker,
+    ) -> Self {
+        let lanes = settings
+            .organizations
+            .iter()
+            .map(|(id, org)| {
+                let lane = Lane {
+                    endpoint: deliverer.endpoint(id, Arc::new(org.clone())),
+                    policy: RetryPolicy::new(&org.retry),
+                    concurrency: Semaphore::new(org.concurrency),
+                    state: Mutex::new(LaneState::default()),
+                };
+                (id.clone(), Arc::new(lane))
+            })
+            .collect();
+        Dispatcher {
+            shared: Arc::new(Shared {
+                deliverer,
+                producers,
+                progress,
+                global: Semaphore::new(settings.delivery.max_in_flight_requests),
+                max_pending_per_organization: settings.delivery.max_pending_per_organization,
+                tasks,
+            }),
+            lanes,
+        }
+    }
+
+    /// Takes work until the consumer closes the channel. Never waits on a delivery: lanes run
+    /// on their own tasks.
+    pub async fn run(self, mut work: mpsc::Receiver<Work>) {
+        while let Some(item) = work.recv().await {
+            self.dispatch(item);
+        }
+    }
+
+    fn dispatch(&self, work: Work) {
+        match work {
+            Work::Reject {
+                ticket,
+                record,
+                rejection,
+            } => {
+                let shared = self.shared.clone();
+                self.shared.tasks.spawn(async move {
+                    warn!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        reason = rejection.code(),
+                        "record rejected: {rejection}"
+                    );
+                    if shared
+                        .producers
+                        .reject(&record, &rejection, &ticket.cancel)
+                        .await
+                        .is_ok()
+                    {
+                        shared.progress.complete(&ticket);
+                    }
+                });
+            }
+            Work::Deliver {
+                ticket,
+                key,
+                event,
+                source,
+            } => {
+                let lane = match self.lanes.get(&event.organization_id) {
+                    Some(lane)
+                        if lane
+                            .endpoint
+                            .settings
+                            .accepts(event.event_type, &event.regulation) =>
+                    {
+                        lane
+                    }
+                    Some(_) => {
+                        debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
+                        self.shared.progress.complete(&ticket);
+                        return;
+                    }
+                    None => {
+                        debug!(organization_id = %event.organization_id, "no endpoint configured; skipped");
+                        self.shared.progress.complete(&ticket);
+                        return;
+                    }
+                };
+                // Without a key there is no order to keep: every record is its own key.
+                let key = key.unwrap_or_else(|| {
+                    format!("\0{}:{}", source.partition, source.offset).into_bytes()
+                });
+                submit(
+                    lane.clone(),
+                    self.shared.clone(),
+                    key,
+                    Job {
+                        ticket,
+                        event,
+                        source,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, job: Job) {
+    let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+    if state.pending >= shared.max_pending_per_organization {
+        drop(state);
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
+            warn!(organization_id = %job.event.organization_id, event_id = %job.event.id, "lane full; dead-lettering at once");
+            let outcome =
+                dead_letter(&shared, &lane, &job, DeadLetterReason::LaneOverflow, &[]).await;
+            if outcome != Outcome::Abandoned {
+                shared.progress.complete(&job.ticket);
+            }
+        });
+        return;
+    }
+    state.pending += 1;
+    if let Some(queue) = state.keys.get_mut(&key) {
+        queue.push_back(job);
+        return;
+    }
+    state.keys.insert(key.clone(), VecDeque::new());
+    drop(state);
+    let tasks = shared.tasks.clone();
+    tasks.spawn(run_key(lane, shared, key, job));
+}
+
+/// Delivers the events of one key, one after the other, until its queue is empty.
+async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job) {
+    let mut job = first;
+    loop {
+        let span = tracing::info_span!(
+            "deliver",
+            organization_id = %job.event.organization_id,
+            event_id = %job.event.id,
+            change_id = %job.event.change_id,
+            partition = job.source.partition,
+            offset = job.source.offset,
+        );
+        let outcome = deliver(&lane, &shared, &job).instrument(span).await;
+        if outcome != Outcome::Abandoned {
+            shared.progress.complete(&job.ticket);
+        }
+        let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pending -= 1;
+        match state.keys.get_mut(&key).and_then(VecDeque::pop_front) {
+            Some(next) => job = next,
+            None => {
+                state.keys.remove(&key);
+                return;
+            }
+        }
+    }
+}
+
+/// One event through attempts and retries to a terminal outcome (or cancellation).
+async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
+    let cancel = &job.ticket.cancel;
+    let first = Instant::now();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Outcome::Abandoned;
+        }
+        let attempt = tokio::select! {
+            attempt = attempt(lane, shared, &job.event) => attempt,
+            _ = cancel.cancelled() => return Outcome::Abandoned,
+        };
+        let retries_done = attempts.len();
+        let decision = lane.policy.decide(
+            &attempt.outcome,
+            retries_done,
+            first.elapsed(),
+            rand::random::<f64>(),
+        );
+        debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
+        attempts.push(attempt);
+        match decision {
+            Decision::Delivered => {
+                debug!(attempts = attempts.len(), "delivered");
+                return Outcome::Delivered;
+            }
+            Decision::RetryAfter(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Outcome::Abandoned,
+                }
+            }
+            Decision::GiveUp(reason) => {
+                let reason = match reason {
+                    GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
+                    GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
+                    GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
+                };
+                return dead_letter(shared, lane, job, reason, &attempts).await;
+            }
+        }
+    }
+}
+
+/// One attempt, holding the endpoint's and the global permit only while it runs.
+async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt {
+    let _endpoint = lane.concurrency.acquire().await.expect("never closed");
+    let _global = shared.global.acquire().await.expect("never closed");
+    shared.deliverer.attempt(&lane.endpoint, event).await
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    lane: &Lane,
+    job: &Job,
+    reason: DeadLetterReason,
+    attempts: &[Attempt],
+) -> Outcome {
+    let record = DeadLetter::new(
+        &job.event,
+        Some(&lane.endpoint.settings.url),
+        reason,
+        attempts,
+        job.source.clone(),
+    );
+    match shared
+        .producers
+        .dead_letter(&record, &job.event, &job.ticket.cancel)
+        .await
+    {
+        Ok(()) => {
+            info!(
+                reason = reason.code(),
+                attempts = attempts.len(),
+                "dead-lettered"
+            );
+            Outcome::DeadLettered(reason)
+        }
+        Err(_) => Outcome::Abandoned,
+    }
+}

@@ -1,0 +1,317 @@
+//! Ingest: the Kafka consumer, on its own thread.
+//!
+//! Guarantees (at-least-once):
+//! - An offset is stored for commit only when every record below it is done (see
+//!   [`offsets`]); librdkafka commits stored offsets every second (`enable.auto.commit`,
+//!   `enable.auto.offset.store=false`), and synchronously on revoke and at shutdown.
+//! - On revoke, the revoked partitions get `drain_timeout` to finish their in-flight work; what
+//!   is done is committed synchronously before the partitions go, the rest is cancelled and
+//!   consumed again by the next owner (duplicates, same webhook id; never loss).
+//! - Bounded: when `max_pending_records` records are taken and not done, every partition is
+//!   paused; they resume below half of it.
+//! - Shutdown: stop polling, wait up to `drain_timeout` for in-flight work, cancel what is left,
+//!   commit what is done, leave the group.
+//!
+//! Parsing and derivation (pure and fast) run here, on the consumer thread; only records that
+//! need I/O (delivery, rejection) cross to the async side.
+
+pub mod offsets;
+mod progress;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use offsets::Ticket;
+pub use progress::Progress;
+
+use crate::change::ConsentChange;
+use crate::config::Settings;
+use crate::deadletter::{InputRecord, SourceRef};
+use crate::derive::{derive, Derived, Rules};
+use crate::dispatch::Work;
+
+/// Observable state of the consumer, for readiness.
+#[derive(Debug, Default)]
+pub struct IngestState {
+    pub assigned: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+struct IngestContext {
+    topic: String,
+    progress: Arc<Progress>,
+    drain_timeout: Duration,
+    state: Arc<IngestState>,
+    /// Whether partitions are paused for back-pressure (new assignments follow it).
+    paused: AtomicBool,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let partitions = self.partitions_of(list);
+        if partitions.is_empty() {
+            return;
+        }
+        if consumer.assignment_lost() {
+            warn!(
+                ?partitions,
+                "partitions lost; their in-flight work is abandoned"
+            );
+        } else {
+            // Draining already happened at shutdown; otherwise give in-flight work its grace.
+            let grace = if self.state.draining.load(Ordering::SeqCst) {
+                Duration::ZERO
+            } else {
+                self.drain_timeout
+            };
+            let all_done = self
+                .progress
+                .wait_until(grace, |t| partitions.iter().all(|&p| t.pending_in(p) == 0));
+            info!(
+                ?partitions,
+                all_done, "partitions revoked; committing what is done"
+            );
+            self.commit(consumer, &partitions);
+        }
+        self.progress.lock().revoke(partitions);
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = self.partitions_of(list);
+                info!(?partitions, "partitions assigned");
+                self.progress.lock().assign(partitions);
+                if self.paused.load(Ordering::SeqCst) {
+                    if let Err(error) = consumer.pause(list) {
+                        warn!(%error, "cannot pause newly assigned partitions");
+                    }
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+        }
+        let assigned = consumer
+            .assignment()
+            .map(|a| a.count() > 0)
+            .unwrap_or(false);
+        self.state.assigned.store(assigned, Ordering::SeqCst);
+    }
+}
+
+impl IngestContext {
+    fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// Stores and synchronously commits the watermarks of `partitions`.
+    fn commit(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let mut list = TopicPartitionList::new();
+        {
+            let tracker = self.progress.lock();
+            for &p in partitions {
+                if let Some(w) = tracker.watermark(p) {
+                    let _ = list.add_partition_offset(&self.topic, p, Offset::Offset(w));
+                }
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+            warn!(%error, "synchronous commit failed; records after the last commit will be redelivered");
+        }
+    }
+}
+
+/// The consumer's part of the settings.
+pub struct Ingest {
+    consumer: BaseConsumer<IngestContext>,
+    topic: String,
+    rules: Rules,
+    progress: Arc<Progress>,
+    max_pending: usize,
+    drain_timeout: Duration,
+    state: Arc<IngestState>,
+}
+
+impl Ingest {
+    pub fn new(
+        settings: &Settings,
+        progress: Arc<Progress>,
+        state: Arc<IngestState>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let kafka = &settings.kafka;
+        let context = IngestContext {
+            topic: kafka.input_topic.clone(),
+            progress: progress.clone(),
+            drain_timeout: settings.delivery.drain_timeout,
+            state: state.clone(),
+            paused: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<IngestContext> = crate::kafka::client_config(kafka)
+            .set("group.id", &kafka.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(context)?;
+        consumer.subscribe(&[&kafka.input_topic])?;
+        Ok(Ingest {
+            consumer,
+            topic: kafka.input_topic.clone(),
+            rules: settings.rules.clone(),
+            progress,
+            max_pending: settings.delivery.max_pending_records,
+            drain_timeout: settings.delivery.drain_timeout,
+            state,
+        })
+    }
+
+    /// Polls until `stop` is cancelled (or the dispatcher is gone), then drains, cancels
+    /// `abandon`, commits and leaves the group. Blocking: run it on its own thread.
+    pub fn run(
+        self,
+        work: mpsc::Sender<Work>,
+        stop: CancellationToken,
+        abandon: CancellationToken,
+    ) {
+        while !stop.is_cancelled() {
+            self.flow_control();
+            self.store_done();
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(error)) => warn!(%error, "consumer error"),
+                Some(Ok(message)) => {
+                    if let Some(item) = self.take(&message) {
+                        if work.blocking_send(item).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        drop(work);
+        self.state.draining.store(true, Ordering::SeqCst);
+        let drained = self
+            .progress
+            .wait_until(self.drain_timeout, |t| t.pending() == 0);
+        let left = self.progress.lock().pending();
+        info!(drained, left, "stopping: committing what is done");
+        abandon.cancel();
+        let assigned = self.progress.lock().assigned();
+        self.consumer.context().commit(&self.consumer, &assigned);
+        self.consumer.unsubscribe();
+        // Dropping the consumer closes it: it leaves the group at once.
+    }
+
+    /// Registers the record and turns it into work, or completes it here when there is none.
+    fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
+        let (partition, offset) = (message.partition(), message.offset());
+        let ticket = self.progress.lock().take(partition, offset)?;
+        let payload = message.payload().unwrap_or_default();
+        match ConsentChange::parse(payload) {
+            Err(rejection) => Some(Work::Reject {
+                ticket,
+                record: InputRecord {
+                    topic: self.topic.clone(),
+                    partition,
+                    offset,
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    headers: message
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                },
+                rejection,
+            }),
+            Ok(change) => match derive(&change, &self.rules) {
+                Derived::Suppressed(reason) => {
+                    debug!(partition, offset, reason = reason.code(), "suppressed");
+                    self.progress.complete(&ticket);
+                    None
+                }
+                Derived::Webhook(event) => Some(Work::Deliver {
+                    source: SourceRef {
+                        topic: self.topic.clone(),
+                        partition,
+                        offset,
+                        change_id: event.change_id.clone(),
+                    },
+                    ticket,
+                    key: message.key().map(<[u8]>::to_vec),
+                    event,
+                }),
+            },
+        }
+    }
+
+    /// Hands moved watermarks to librdkafka, which commits them on its next auto-commit.
+    fn store_done(&self) {
+        let advanced = self.progress.lock().advanced();
+        if advanced.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in advanced {
+            let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            // A partition revoked in between: its new owner starts from the last commit.
+            debug!(%error, "store_offsets");
+        }
+    }
+
+    /// Pauses every partition past `max_pending`, resumes below half of it.
+    fn flow_control(&self) {
+        let pending = self.progress.lock().pending();
+        let context = self.consumer.context();
+        let paused = context.paused.load(Ordering::SeqCst);
+        let change = if !paused && pending >= self.max_pending {
+            Some(true)
+        } else if paused && pending <= self.max_pending / 2 {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(pause) = change else { return };
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                context.paused.store(pause, Ordering::SeqCst);
+                info!(pending, paused = pause, "back-pressure");
+            }
+            Err(error) => warn!(%error, "pause/resume failed"),
+        }
+    }
+}

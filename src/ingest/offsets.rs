@@ -1,0 +1,219 @@
+//! Offset tracking: which records of each assigned partition are done, and the watermark
+//! below which everything is.
+//!
+//! Guarantee: [`OffsetTracker::watermark`] never passes a record that is not done. A record is
+//! done when [`OffsetTracker::complete`] was called with its [`Ticket`]: the dispatcher calls it
+//! only once the webhook was delivered, or its dead-letter write acknowledged, or the record
+//! yielded nothing, or its rejected-topic write was acknowledged. Tickets from an earlier
+//! assignment of a partition (before a revoke) are ignored, so a late completion can never move
+//! a watermark it does not belong to.
+//!
+//! Memory: one entry per record that is taken and not yet done; done records cost nothing.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio_util::sync::CancellationToken;
+
+/// A record taken from a partition, owed a completion.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub partition: i32,
+    pub offset: i64,
+    epoch: u64,
+    /// Cancelled when the partition is revoked or the process shuts down: work for this record
+    /// stops without completing (it will be consumed again by whoever owns the partition next).
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    epoch: u64,
+    pending: BTreeSet<i64>,
+    /// One past the highest offset taken; the watermark when nothing is pending.
+    next: Option<i64>,
+    /// The last watermark handed to the consumer for storing.
+    stored: Option<i64>,
+    cancel: CancellationToken,
+}
+
+/// Per-partition progress of one consumer, for one topic.
+#[derive(Debug)]
+pub struct OffsetTracker {
+    partitions: HashMap<i32, PartitionState>,
+    next_epoch: u64,
+    shutdown: CancellationToken,
+}
+
+impl OffsetTracker {
+    /// `shutdown` is the parent of every partition's cancellation token.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        OffsetTracker {
+            partitions: HashMap::new(),
+            next_epoch: 1,
+            shutdown,
+        }
+    }
+
+    /// Partitions newly assigned: start tracking them afresh.
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for partition in partitions {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            if let Some(old) = self.partitions.insert(
+                partition,
+                PartitionState {
+                    epoch,
+                    pending: BTreeSet::new(),
+                    next: None,
+                    stored: None,
+                    cancel: self.shutdown.child_token(),
+                },
+            ) {
+                old.cancel.cancel();
+            }
+        }
+    }
+
+    /// Partitions revoked or lost: cancel their outstanding work and forget them.
+    pub fn revoke(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for partition in partitions {
+            if let Some(state) = self.partitions.remove(&partition) {
+                state.cancel.cancel();
+            }
+        }
+    }
+
+    pub fn is_assigned(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// A record was taken from Kafka. `None` when the partition is not assigned (a message
+    /// that raced a revoke): it must not be processed.
+    pub fn take(&mut self, partition: i32, offset: i64) -> Option<Ticket> {
+        let state = self.partitions.get_mut(&partition)?;
+        state.pending.insert(offset);
+        state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Some(Ticket {
+            partition,
+            offset,
+            epoch: state.epoch,
+            cancel: state.cancel.clone(),
+        })
+    }
+
+    /// The record is done. Returns whether it counted (false for a stale ticket).
+    pub fn complete(&mut self, ticket: &Ticket) -> bool {
+        match self.partitions.get_mut(&ticket.partition) {
+            Some(state) if state.epoch == ticket.epoch => state.pending.remove(&ticket.offset),
+            _ => false,
+        }
+    }
+
+    /// The next offset to consume such that everything before it is done; `None` before the
+    /// first record.
+    pub fn watermark(&self, partition: i32) -> Option<i64> {
+        let state = self.partitions.get(&partition)?;
+        state.pending.first().copied().or(state.next)
+    }
+
+    /// Watermarks that moved since the last call, to store: `(partition, offset)`.
+    pub fn advanced(&mut self) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for (&partition, state) in &mut self.partitions {
+            let watermark = state.pending.first().copied().or(state.next);
+            if let Some(w) = watermark {
+                if state.stored != Some(w) {
+                    state.stored = Some(w);
+                    out.push((partition, w));
+                }
+            }
+        }
+        out
+    }
+
+    /// Records taken and not done, in one partition.
+    pub fn pending_in(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |s| s.pending.len())
+    }
+
+    /// Records taken and not done, across all partitions.
+    pub fn pending(&self) -> usize {
+        self.partitions.values().map(|s| s.pending.len()).sum()
+    }
+
+    pub fn assigned(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> OffsetTracker {
+        let mut t = OffsetTracker::new(CancellationToken::new());
+        t.assign([0, 1]);
+        t
+    }
+
+    #[test]
+    fn watermark_stops_at_the_first_record_not_done() {
+        let mut t = tracker();
+        let tickets: Vec<Ticket> = (10..15).map(|o| t.take(0, o).unwrap()).collect();
+        assert_eq!(t.watermark(0), Some(10));
+        t.complete(&tickets[1]);
+        t.complete(&tickets[2]);
+        assert_eq!(t.watermark(0), Some(10), "out-of-order completions wait");
+        t.complete(&tickets[0]);
+        assert_eq!(t.watermark(0), Some(13));
+        t.complete(&tickets[4]);
+        t.complete(&tickets[3]);
+        assert_eq!(t.watermark(0), Some(15), "all done: one past the last");
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn advanced_reports_each_move_once() {
+        let mut t = tracker();
+        let a = t.take(1, 0).unwrap();
+        assert_eq!(t.advanced(), vec![(1, 0)]);
+        assert_eq!(t.advanced(), vec![]);
+        t.complete(&a);
+        assert_eq!(t.advanced(), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn stale_tickets_are_ignored_after_revoke_and_reassign() {
+        let mut t = tracker();
+        let old = t.take(0, 5).unwrap();
+        t.revoke([0]);
+        assert!(old.cancel.is_cancelled(), "revoked work is told to stop");
+        assert!(
+            t.take(0, 6).is_none(),
+            "a message racing the revoke is not taken"
+        );
+        t.assign([0]);
+        let new = t.take(0, 5).unwrap();
+        assert!(
+            !t.complete(&old),
+            "a completion from the old assignment does not count"
+        );
+        assert_eq!(t.watermark(0), Some(5));
+        assert!(t.complete(&new));
+        assert_eq!(t.watermark(0), Some(6));
+    }
+
+    #[test]
+    fn shutdown_cancels_every_partition() {
+        let shutdown = CancellationToken::new();
+        let mut t = OffsetTracker::new(shutdown.clone());
+        t.assign([3]);
+        let ticket = t.take(3, 0).unwrap();
+        shutdown.cancel();
+        assert!(ticket.cancel.is_cancelled());
+    }
+}

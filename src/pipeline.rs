@@ -1,0 +1,83 @@
+//! `consent-webhooks run`: the whole pipeline, and its one shutdown path.
+//!
+//! consumer thread (ingest: parse, derive) → bounded channel → dispatcher (lanes, delivery,
+//! retries) → dead-letter / rejected producers. Offsets move only as work completes.
+//!
+//! Shutdown (`stop` cancelled, e.g. on SIGTERM): the consumer stops polling; in-flight work
+//! gets `drain_timeout`; what is left is cancelled (not committed, so consumed again after a
+//! restart); done offsets are committed synchronously; the consumer leaves the group; the
+//! producers are flushed; `run` returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::deadletter::Producers;
+use crate::delivery::Deliverer;
+use crate::dispatch::Dispatcher;
+use crate::ingest::{Ingest, IngestState, Progress};
+
+/// Capacity of the consumer → dispatcher channel. The dispatcher never waits on I/O to take
+/// from it, so it rarely fills; memory is bounded by `max_pending_records` (pause) anyway.
+const WORK_CHANNEL_CAPACITY: usize = 1024;
+
+/// Runs until `stop` is cancelled, then drains and returns.
+pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
+    let abandon = CancellationToken::new();
+    let progress = Arc::new(Progress::new(abandon.clone()));
+    let state = Arc::new(IngestState::default());
+    let producers = Producers::new(&settings.kafka).context("creating the Kafka producer")?;
+    let deliverer = Deliverer::new(&settings.delivery).context("creating the HTTP client")?;
+    let ingest = Ingest::new(&settings, progress.clone(), state.clone())
+        .context("creating the Kafka consumer")?;
+    let tasks = TaskTracker::new();
+    let dispatcher = Dispatcher::new(
+        &settings,
+        deliverer,
+        producers.clone(),
+        progress,
+        tasks.clone(),
+    );
+
+    let (work_tx, work_rx) = mpsc::channel(WORK_CHANNEL_CAPACITY);
+    let consumer = {
+        let (stop, abandon) = (stop.clone(), abandon.clone());
+        std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || ingest.run(work_tx, stop, abandon))
+            .context("starting the consumer thread")?
+    };
+    info!(
+        topic = %settings.kafka.input_topic,
+        group = %settings.kafka.group_id,
+        organizations = settings.organizations.len(),
+        "consent-webhooks running"
+    );
+
+    dispatcher.run(work_rx).await;
+    // The consumer closed the channel: it is draining or done. Wait for it, off the runtime.
+    tokio::task::spawn_blocking(move || consumer.join())
+        .await
+        .context("joining the consumer thread")?
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    abandon.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5 s of cancellation");
+    }
+    let flush = producers.clone();
+    tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(10)))
+        .await
+        .ok();
+    info!("stopped");
+    Ok(())
+}

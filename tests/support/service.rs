@@ -1,0 +1,137 @@
+//! `consent-webhooks run` as a real child process, with a generated config, logs captured, and
+//! waits on what it logs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::kafka;
+
+/// Topics of one test.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub input: String,
+    pub dead_letter: String,
+    pub rejected: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// Fresh names, created on the broker (`partitions` for the input).
+    pub async fn create(partitions: i32) -> Topics {
+        let topics = Topics {
+            input: kafka::unique_name("changes"),
+            dead_letter: kafka::unique_name("dead-letter"),
+            rejected: kafka::unique_name("rejected"),
+            group: kafka::unique_name("group"),
+        };
+        kafka::create_topic(&topics.input, partitions).await;
+        kafka::create_topic(&topics.dead_letter, 1).await;
+        kafka::create_topic(&topics.rejected, 1).await;
+        topics
+    }
+
+    /// The `[kafka]` and `[delivery]` sections; `delivery` adds/overrides delivery keys.
+    pub fn config(&self, delivery: &str) -> String {
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\ndead_letter_topic = \"{}\"\nrejected_topic = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[delivery]\n{delivery}\n",
+            kafka::bootstrap(), self.group, self.input, self.dead_letter, self.rejected
+        )
+    }
+}
+
+/// A `[organizations.ID]` section for a local test receiver.
+pub fn organization(id: &str, url: &str, extra: &str) -> String {
+    format!("\n[organizations.{id}]\nurl = \"{url}\"\nallow_http = true\nallow_private_addresses = true\n{extra}\n")
+}
+
+pub struct Service {
+    child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Starts the service with `config`, and waits until it has partitions assigned.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let log = dir.path().join("service.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_consent-webhooks"));
+        command
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,consent_webhooks=debug")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = command.spawn().expect("start consent-webhooks");
+        let service = Service {
+            child,
+            log,
+            _dir: dir,
+        };
+        service.wait_log("partitions assigned", Duration::from_secs(60));
+        service
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log at the deadline.
+    pub fn wait_log(&self, needle: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} in the service log within {deadline:?}:\n{logs}"
+            );
+            // Polls a file the child writes: there is nothing to wait on but the file itself.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
