@@ -50,9 +50,17 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
+    /// The configuration file (TOML); also accepted as `--config FILE`.
+    #[arg(value_name = "FILE", required_unless_present = "config")]
+    pub file: Option<PathBuf>,
     /// The configuration file (TOML).
-    #[arg(env = "CONSENT_WEBHOOKS_CONFIG")]
-    pub file: PathBuf,
+    #[arg(
+        long,
+        short = 'c',
+        env = "CONSENT_WEBHOOKS_CONFIG",
+        conflicts_with = "file"
+    )]
+    pub config: Option<PathBuf>,
     /// Kafka bootstrap servers; overrides `kafka.brokers`.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     pub brokers: Option<String>,

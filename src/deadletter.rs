@@ -174,11 +174,11 @@ const WRITE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 impl Producers {
     pub fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = crate::kafka::client_config(kafka)
+        let defaults = [("linger.ms", "5"), ("message.timeout.ms", "60000")];
+        let producer: FutureProducer = crate::kafka::client_config(kafka, &defaults)
+            // Permanent storage: no write counts until every in-sync replica has it, once.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
             .create()?;
         Ok(Producers {
             producer,

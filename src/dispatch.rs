@@ -307,7 +307,9 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
 async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt {
     let _endpoint = lane.concurrency.acquire().await.expect("never closed");
     let _global = shared.global.acquire().await.expect("never closed");
-    shared.deliverer.attempt(&lane.endpoint, event).await
+    // Boxed: the request future is large, and thousands of tasks may be waiting for permits;
+    // they should not each carry its space before they run.
+    Box::pin(shared.deliverer.attempt(&lane.endpoint, event)).await
 }
 
 async fn dead_letter(
@@ -324,10 +326,12 @@ async fn dead_letter(
         attempts,
         job.source.clone(),
     );
-    match shared
-        .producers
-        .dead_letter(&record, &job.event, &job.ticket.cancel)
-        .await
+    match Box::pin(
+        shared
+            .producers
+            .dead_letter(&record, &job.event, &job.ticket.cancel),
+    )
+    .await
     {
         Ok(()) => {
             info!(

@@ -8,10 +8,15 @@ use secrecy::ExposeSecret;
 
 use crate::config::KafkaSettings;
 
-/// A client config with the brokers and every pass-through property.
-pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+/// A client config with the brokers, then `defaults` (tuning the operator may override), then
+/// every pass-through property. Settings the service's guarantees depend on are set by the
+/// caller afterwards, so they cannot be overridden.
+pub fn client_config(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
     // librdkafka logs through `log`; keep its chatter at warnings unless asked for.
     config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     for (key, value) in &kafka.properties {

@@ -27,7 +27,11 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
-    match cli::load_settings(&args.file, args.brokers.as_deref(), None) {
+    let path = args
+        .file
+        .or(args.config)
+        .expect("clap requires one of them");
+    match cli::load_settings(&path, args.brokers.as_deref(), None) {
         Ok(settings) => {
             print!("{}", config::render_redacted(&settings));
             Ok(ExitCode::SUCCESS)

@@ -166,13 +166,19 @@ impl Ingest {
             state: state.clone(),
             paused: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<IngestContext> = crate::kafka::client_config(kafka)
+        let defaults = [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            // Pre-fetched bytes held by librdkafka; its default (64 MB) dwarfs our own buffers.
+            ("queued.max.messages.kbytes", "16384"),
+        ];
+        let consumer: BaseConsumer<IngestContext> = crate::kafka::client_config(kafka, &defaults)
+            // The at-least-once recipe: librdkafka commits only what we store, and we store
+            // only watermarks.
             .set("group.id", &kafka.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             .create_with_context(context)?;
         consumer.subscribe(&[&kafka.input_topic])?;
         Ok(Ingest {
