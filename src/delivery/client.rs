@@ -35,9 +35,6 @@ use super::attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 use super::guard::{GuardedResolver, UrlPolicy};
 use super::oauth::{AccessToken, TokenSource};
 
-/// Idle keep-alive connections kept per host: enough for an endpoint's concurrency, bounded
-/// across many endpoints by the idle timeout.
-const POOL_MAX_IDLE_PER_HOST: usize = 32;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// An OAuth attempt makes at most four exchanges: token, POST, and after a 401 token, POST.
@@ -120,7 +117,9 @@ fn build_client(
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
         .user_agent(settings.user_agent.clone())
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        // Idle keep-alive connections per host: as many as can be in flight, so that endpoints
+        // sharing a host never reconnect under load; the idle timeout bounds them.
+        .pool_max_idle_per_host(settings.max_in_flight_requests)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_keepalive(TCP_KEEPALIVE)
         .tcp_nodelay(true)

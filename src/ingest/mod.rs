@@ -20,7 +20,7 @@ mod progress;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
@@ -37,6 +37,9 @@ use crate::config::Settings;
 use crate::deadletter::{InputRecord, SourceRef};
 use crate::derive::{derive, Derived, Rules};
 use crate::dispatch::Work;
+
+/// How often the consumer thread stores done offsets and re-evaluates back-pressure.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Observable state of the consumer, for readiness.
 #[derive(Debug, Default)]
@@ -200,10 +203,16 @@ impl Ingest {
         stop: CancellationToken,
         abandon: CancellationToken,
     ) {
+        let mut last_housekeeping = Instant::now();
         while !stop.is_cancelled() {
-            self.flow_control();
-            self.store_done();
-            match self.consumer.poll(Duration::from_millis(100)) {
+            // Offsets and back-pressure are looked at every few milliseconds, not per record:
+            // at thousands of records per second, per-record stores would dominate the thread.
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+                self.flow_control();
+                self.store_done();
+                last_housekeeping = Instant::now();
+            }
+            match self.consumer.poll(HOUSEKEEPING_INTERVAL) {
                 None => {}
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 Some(Ok(message)) => {

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod oauth_server;
 pub mod receiver;
+pub mod records;
 pub mod schemas;
 pub mod service;

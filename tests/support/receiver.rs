@@ -1,14 +1,15 @@
 //! A real HTTP webhook receiver (axum on 127.0.0.1) that records every request and answers
-//! with a status the test controls.
+//! with a status the test controls: a fixed one, a scripted sequence of replies taken one per
+//! request (then the fixed one again), and 401 for requests carrying a rejected bearer token.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
@@ -21,6 +22,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub status: u16,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -33,6 +36,30 @@ impl Received {
     pub fn event_id(&self) -> String {
         self.json()["id"].as_str().unwrap().to_owned()
     }
+    /// The token of an `Authorization: Bearer <token>` header.
+    pub fn bearer(&self) -> Option<&str> {
+        self.header("authorization")?.strip_prefix("Bearer ")
+    }
+}
+
+/// One scripted reply: a status and, optionally, a `Retry-After` header value.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            retry_after: None,
+        }
+    }
+    pub fn retry_after(mut self, value: &str) -> Reply {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
 }
 
 #[derive(Default)]
@@ -40,6 +67,12 @@ struct Inner {
     received: Mutex<Vec<Received>>,
     notify: Notify,
     status: AtomicU16,
+    /// Replies taken one per request before `status` applies again.
+    script: Mutex<VecDeque<Reply>>,
+    /// Bearer tokens answered with 401.
+    rejected_tokens: Mutex<HashSet<String>>,
+    /// Milliseconds each request waits before it is answered (and recorded); 0 = none.
+    delay_ms: AtomicU64,
 }
 
 /// A running receiver; dropped with the test's runtime.
@@ -67,6 +100,35 @@ impl Receiver {
     /// Changes the status answered from now on.
     pub fn answer(&self, status: u16) {
         self.inner.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Delays every answer from now on by `delay` (a slow endpoint). A request is recorded
+    /// only once answered, so one whose client went away during the delay is not counted.
+    pub fn delay(&self, delay: Duration) {
+        self.inner
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Waits until a new request is recorded or `within` passes; returns whether one was.
+    pub async fn changed(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.inner.notify.notified())
+            .await
+            .is_ok()
+    }
+
+    /// Queues replies used one per request, in order, before the fixed status applies again.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers 401 to every request whose `Authorization` is `Bearer <token>`.
+    pub fn reject_bearer(&self, token: &str) {
+        self.inner
+            .rejected_tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_owned());
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -111,7 +173,27 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
-    let status = inner.status.load(Ordering::SeqCst);
+    let delay = inner.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let at = Instant::now();
+    let rejected = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| inner.rejected_tokens.lock().unwrap().contains(token));
+    let reply = if rejected {
+        Reply::status(401)
+    } else {
+        inner
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Reply::status(inner.status.load(Ordering::SeqCst)))
+    };
+    let status = reply.status;
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -125,7 +207,14 @@ async fn handle(
         headers,
         body: body.to_vec(),
         status,
+        at,
     });
     inner.notify.notify_waiters();
-    StatusCode::from_u16(status).unwrap()
+    let mut response = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(value) = reply.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, value.parse().unwrap());
+    }
+    response
 }
