@@ -40,6 +40,11 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a configuration file and print the settings it yields, secrets redacted.
     CheckConfig(CheckConfigArgs),
+    /// Move the consumer group's offsets (to a time, by a duration, to earliest); dry run
+    /// unless --execute.
+    Replay(crate::ops::replay::ReplayArgs),
+    /// Deliver dead-lettered events again; what fails again goes back to the dead-letter topic.
+    Redrive(crate::ops::redrive::RedriveArgs),
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,14 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Derive(args) => derive(args),
         Command::CheckConfig(args) => check_config(args),
+        Command::Replay(args) => {
+            telemetry::init_logging(cli.log_format);
+            ops::replay::run(args)
+        }
+        Command::Redrive(args) => {
+            telemetry::init_logging(cli.log_format);
+            ops::redrive::run(args)
+        }
         Command::Run(args) => {
             telemetry::init_logging(cli.log_format);
             run(args)

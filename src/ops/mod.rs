@@ -1,3 +1,5 @@
 //! Operator commands that are not the long-running pipeline.
 
 pub mod derive;
+pub mod redrive;
+pub mod replay;
