@@ -254,7 +254,9 @@ impl Producers {
         .await
     }
 
-    async fn send(
+    /// Writes any record to `topic` (e.g. `redrive`'s resolution markers on the dead-letter
+    /// topic), with the same guarantee: returns once acknowledged, or when cancelled.
+    pub async fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,

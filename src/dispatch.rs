@@ -27,8 +27,11 @@ use tracing::{debug, info, warn, Instrument};
 use crate::change::Rejection;
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef};
-use crate::delivery::{Attempt, Decision, Deliverer, Endpoint, GiveUpReason, RetryPolicy};
+use crate::delivery::{
+    Attempt, Decision, Deliverer, Endpoint, GiveUpReason, RetryPolicy, TokenSource,
+};
 use crate::ingest::{Progress, Ticket};
+use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
 
 /// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
@@ -64,6 +67,7 @@ struct Shared {
     global: Semaphore,
     max_pending_per_organization: usize,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 struct Lane {
@@ -99,6 +103,7 @@ impl Dispatcher {
         producers: Producers,
         progress: Arc<Progress>,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let lanes = settings
             .organizations
@@ -121,9 +126,18 @@ impl Dispatcher {
                 global: Semaphore::new(settings.delivery.max_in_flight_requests),
                 max_pending_per_organization: settings.delivery.max_pending_per_organization,
                 tasks,
+                metrics,
             }),
             lanes,
         }
+    }
+
+    /// Each organization's OAuth token source, for the token-fetch metrics.
+    pub fn token_sources(&self) -> Vec<(String, Arc<TokenSource>)> {
+        self.lanes
+            .iter()
+            .filter_map(|(org, lane)| Some((org.clone(), lane.endpoint.token_source()?.clone())))
+            .collect()
     }
 
     /// Takes work until the consumer closes the channel. Never waits on a delivery: lanes run
@@ -175,11 +189,21 @@ impl Dispatcher {
                         lane
                     }
                     Some(_) => {
+                        self.shared
+                            .metrics
+                            .events_skipped
+                            .with_label_values(&["filtered"])
+                            .inc();
                         debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
                         self.shared.progress.complete(&ticket);
                         return;
                     }
                     None => {
+                        self.shared
+                            .metrics
+                            .events_skipped
+                            .with_label_values(&["no_endpoint"])
+                            .inc();
                         debug!(organization_id = %event.organization_id, "no endpoint configured; skipped");
                         self.shared.progress.complete(&ticket);
                         return;
@@ -283,9 +307,27 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
         match decision {
             Decision::Delivered => {
                 debug!(attempts = attempts.len(), "delivered");
+                let org = &job.event.organization_id;
+                shared
+                    .metrics
+                    .deliveries
+                    .with_label_values(&[org, "delivered"])
+                    .inc();
+                let latency = (chrono::Utc::now() - job.event.occurred_at)
+                    .to_std()
+                    .unwrap_or_default();
+                shared
+                    .metrics
+                    .end_to_end_latency
+                    .observe(latency.as_secs_f64());
                 return Outcome::Delivered;
             }
             Decision::RetryAfter(wait) => {
+                shared
+                    .metrics
+                    .retries_scheduled
+                    .with_label_values(&[&job.event.organization_id])
+                    .inc();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => return Outcome::Abandoned,
@@ -307,9 +349,27 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
 async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt {
     let _endpoint = lane.concurrency.acquire().await.expect("never closed");
     let _global = shared.global.acquire().await.expect("never closed");
+    let metrics = &shared.metrics;
+    metrics.in_flight_requests.inc();
     // Boxed: the request future is large, and thousands of tasks may be waiting for permits;
     // they should not each carry its space before they run.
-    Box::pin(shared.deliverer.attempt(&lane.endpoint, event)).await
+    let attempt = Box::pin(shared.deliverer.attempt(&lane.endpoint, event)).await;
+    metrics.in_flight_requests.dec();
+    let org = [event.organization_id.as_str()];
+    let class = attempt.outcome.status_class();
+    metrics
+        .delivery_attempts
+        .with_label_values(&[org[0], class])
+        .inc();
+    metrics
+        .attempt_duration
+        .with_label_values(&org)
+        .observe(attempt.duration.as_secs_f64());
+    metrics
+        .endpoint_failing
+        .with_label_values(&org)
+        .set(i64::from(class != "2xx"));
+    attempt
 }
 
 async fn dead_letter(
@@ -334,6 +394,17 @@ async fn dead_letter(
     .await
     {
         Ok(()) => {
+            let org = job.event.organization_id.as_str();
+            shared
+                .metrics
+                .deliveries
+                .with_label_values(&[org, "dead_lettered"])
+                .inc();
+            shared
+                .metrics
+                .dead_letters
+                .with_label_values(&[org, reason.code()])
+                .inc();
             info!(
                 reason = reason.code(),
                 attempts = attempts.len(),

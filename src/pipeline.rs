@@ -19,9 +19,10 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::deadletter::Producers;
-use crate::delivery::Deliverer;
+use crate::delivery::{Deliverer, TokenSource};
 use crate::dispatch::Dispatcher;
 use crate::ingest::{Ingest, IngestState, Progress};
+use crate::telemetry::{health, Metrics};
 
 /// Capacity of the consumer → dispatcher channel. The dispatcher never waits on I/O to take
 /// from it, so it rarely fills; memory is bounded by `max_pending_records` (pause) anyway.
@@ -32,9 +33,12 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let abandon = CancellationToken::new();
     let progress = Arc::new(Progress::new(abandon.clone()));
     let state = Arc::new(IngestState::default());
+    let metrics = Arc::new(Metrics::new(
+        settings.organizations.keys().map(String::as_str),
+    ));
     let producers = Producers::new(&settings.kafka).context("creating the Kafka producer")?;
     let deliverer = Deliverer::new(&settings.delivery).context("creating the HTTP client")?;
-    let ingest = Ingest::new(&settings, progress.clone(), state.clone())
+    let ingest = Ingest::new(&settings, progress.clone(), state.clone(), metrics.clone())
         .context("creating the Kafka consumer")?;
     let tasks = TaskTracker::new();
     let dispatcher = Dispatcher::new(
@@ -43,7 +47,25 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         producers.clone(),
         progress,
         tasks.clone(),
+        metrics.clone(),
     );
+    let refresh = token_metrics(dispatcher.token_sources(), metrics.clone());
+    let server_stop = CancellationToken::new();
+    let address = health::serve(
+        settings.server.listen,
+        metrics.clone(),
+        state.clone(),
+        refresh,
+        server_stop.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "binding the operations endpoint on {}",
+            settings.server.listen
+        )
+    })?;
+    info!(%address, "serving /metrics, /healthz and /readyz");
 
     let (work_tx, work_rx) = mpsc::channel(WORK_CHANNEL_CAPACITY);
     let consumer = {
@@ -78,6 +100,26 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(10)))
         .await
         .ok();
+    server_stop.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// Brings the OAuth token counters (kept by each token source) into the metrics, at scrape.
+fn token_metrics(
+    sources: Vec<(String, Arc<TokenSource>)>,
+    metrics: Arc<Metrics>,
+) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || {
+        for (org, source) in &sources {
+            let failures = source.failures();
+            let successes = source.fetches().saturating_sub(failures);
+            for (result, total) in [("success", successes), ("failure", failures)] {
+                let counter = metrics
+                    .oauth_token_fetches
+                    .with_label_values(&[org, result]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
+    })
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,7 @@ use crate::config::Settings;
 use crate::deadletter::{InputRecord, SourceRef};
 use crate::derive::{derive, Derived, Rules};
 use crate::dispatch::Work;
+use crate::telemetry::Metrics;
 
 /// How often the consumer thread stores done offsets and re-evaluates back-pressure.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
@@ -44,20 +46,60 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 /// Observable state of the consumer, for readiness.
 #[derive(Debug, Default)]
 pub struct IngestState {
+    /// The consumer has partitions assigned.
     pub assigned: AtomicBool,
+    /// At least one broker connection is up (librdkafka statistics).
+    pub broker_up: AtomicBool,
+    /// Shutdown began: no new work is taken.
     pub draining: AtomicBool,
 }
 
 struct IngestContext {
     topic: String,
     progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
     drain_timeout: Duration,
     state: Arc<IngestState>,
     /// Whether partitions are paused for back-pressure (new assignments follow it).
     paused: AtomicBool,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    /// librdkafka statistics (every `statistics.interval.ms`): broker liveness for readiness,
+    /// and per-partition committed offset, high watermark and lag for the metrics.
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.state.broker_up.store(up, Ordering::SeqCst);
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let assigned = self.progress.lock().assigned();
+        for (&partition, p) in &topic.partitions {
+            if partition < 0 || !assigned.contains(&partition) {
+                continue;
+            }
+            let label = partition.to_string();
+            if p.committed_offset >= 0 {
+                self.metrics
+                    .committed_offset
+                    .with_label_values(&[&label])
+                    .set(p.committed_offset);
+            }
+            if p.hi_offset >= 0 {
+                self.metrics
+                    .high_watermark
+                    .with_label_values(&[&label])
+                    .set(p.hi_offset);
+            }
+            if p.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&label])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -88,6 +130,18 @@ impl ConsumerContext for IngestContext {
                 all_done, "partitions revoked; committing what is done"
             );
             self.commit(consumer, &partitions);
+        }
+        for p in &partitions {
+            let label = [p.to_string()];
+            let _ = self
+                .metrics
+                .committed_offset
+                .remove_label_values(&[&label[0]]);
+            let _ = self
+                .metrics
+                .high_watermark
+                .remove_label_values(&[&label[0]]);
+            let _ = self.metrics.consumer_lag.remove_label_values(&[&label[0]]);
         }
         self.progress.lock().revoke(partitions);
     }
@@ -153,6 +207,7 @@ pub struct Ingest {
     max_pending: usize,
     drain_timeout: Duration,
     state: Arc<IngestState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -160,6 +215,7 @@ impl Ingest {
         settings: &Settings,
         progress: Arc<Progress>,
         state: Arc<IngestState>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let kafka = &settings.kafka;
         let context = IngestContext {
@@ -167,6 +223,7 @@ impl Ingest {
             progress: progress.clone(),
             drain_timeout: settings.delivery.drain_timeout,
             state: state.clone(),
+            metrics: metrics.clone(),
             paused: AtomicBool::new(false),
         };
         let defaults = [
@@ -175,6 +232,8 @@ impl Ingest {
             ("auto.offset.reset", "earliest"),
             // Pre-fetched bytes held by librdkafka; its default (64 MB) dwarfs our own buffers.
             ("queued.max.messages.kbytes", "16384"),
+            // Lag, committed offsets and broker liveness come from these statistics.
+            ("statistics.interval.ms", "5000"),
         ];
         let consumer: BaseConsumer<IngestContext> = crate::kafka::client_config(kafka, &defaults)
             // The at-least-once recipe: librdkafka commits only what we store, and we store
@@ -192,6 +251,7 @@ impl Ingest {
             max_pending: settings.delivery.max_pending_records,
             drain_timeout: settings.delivery.drain_timeout,
             state,
+            metrics,
         })
     }
 
@@ -242,34 +302,38 @@ impl Ingest {
     fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
         let (partition, offset) = (message.partition(), message.offset());
         let ticket = self.progress.lock().take(partition, offset)?;
+        self.metrics.records_consumed.inc();
         let payload = message.payload().unwrap_or_default();
-        match ConsentChange::parse(payload) {
-            Err(rejection) => Some(Work::Reject {
-                ticket,
-                record: InputRecord {
-                    topic: self.topic.clone(),
-                    partition,
-                    offset,
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    headers: message
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                },
-                rejection,
-            }),
-            Ok(change) => match derive(&change, &self.rules) {
-                Derived::Suppressed(reason) => {
-                    debug!(partition, offset, reason = reason.code(), "suppressed");
-                    self.progress.complete(&ticket);
-                    None
-                }
-                Derived::Webhook(event) => Some(Work::Deliver {
+        let change = match ConsentChange::parse(payload) {
+            Ok(change) => change,
+            Err(rejection) => {
+                self.metrics
+                    .records_rejected
+                    .with_label_values(&[rejection.code()])
+                    .inc();
+                return Some(Work::Reject {
+                    ticket,
+                    record: self.input_record(message),
+                    rejection,
+                });
+            }
+        };
+        match derive(&change, &self.rules) {
+            Derived::Suppressed(reason) => {
+                self.metrics
+                    .events_suppressed
+                    .with_label_values(&[reason.code()])
+                    .inc();
+                debug!(partition, offset, reason = reason.code(), "suppressed");
+                self.progress.complete(&ticket);
+                None
+            }
+            Derived::Webhook(event) => {
+                self.metrics
+                    .events_derived
+                    .with_label_values(&[event.event_type.as_str()])
+                    .inc();
+                Some(Work::Deliver {
                     source: SourceRef {
                         topic: self.topic.clone(),
                         partition,
@@ -279,8 +343,27 @@ impl Ingest {
                     ticket,
                     key: message.key().map(<[u8]>::to_vec),
                     event,
-                }),
-            },
+                })
+            }
+        }
+    }
+
+    /// The record exactly as consumed, for the rejected topic.
+    fn input_record(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
+        InputRecord {
+            topic: self.topic.clone(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -303,6 +386,9 @@ impl Ingest {
     /// Pauses every partition past `max_pending`, resumes below half of it.
     fn flow_control(&self) {
         let pending = self.progress.lock().pending();
+        self.metrics
+            .pending_records
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
         let context = self.consumer.context();
         let paused = context.paused.load(Ordering::SeqCst);
         let change = if !paused && pending >= self.max_pending {
@@ -324,6 +410,10 @@ impl Ingest {
         match result {
             Ok(()) => {
                 context.paused.store(pause, Ordering::SeqCst);
+                let count = if pause { assignment.count() } else { 0 };
+                self.metrics
+                    .paused_partitions
+                    .set(i64::try_from(count).unwrap_or(0));
                 info!(pending, paused = pause, "back-pressure");
             }
             Err(error) => warn!(%error, "pause/resume failed"),

@@ -1,7 +1,14 @@
+//! Telemetry: logs ([`init_logging`]), Prometheus [`metrics`], and the [`health`] server.
+//!
 //! Logs: `tracing`, JSON lines when stderr is not a terminal (or with `--log-format json`),
 //! readable text on a terminal. Level from `RUST_LOG` (default `info`).
 //!
 //! Guarantee: nothing here logs payloads or secrets; modules log ids, codes and counts.
+
+pub mod health;
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use std::io::IsTerminal;
 

@@ -1,0 +1,213 @@
+//! Prometheus metrics, named as Prometheus's own conventions want.
+//!
+//! Guarantees:
+//! - names carry the `consent_webhooks_` prefix and their unit (`_total`, `_seconds`);
+//! - every label value comes from an enum or a code list, never from error text or URLs;
+//! - the `organization` label takes only organization ids listed in the configuration (events
+//!   of unlisted organizations are counted without it), so its cardinality is bounded by the
+//!   config, not by the data;
+//! - `partition` takes only the input topic's partition numbers.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::change::Rejection;
+use crate::derive::Suppression;
+use crate::webhook::EventType;
+
+/// Every metric of the service, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub records_consumed: IntCounter,
+    pub records_rejected: IntCounterVec,
+    pub events_derived: IntCounterVec,
+    pub events_suppressed: IntCounterVec,
+    pub events_skipped: IntCounterVec,
+    pub delivery_attempts: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub attempt_duration: HistogramVec,
+    pub end_to_end_latency: Histogram,
+    pub retries_scheduled: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub in_flight_requests: IntGauge,
+    pub pending_records: IntGauge,
+    pub paused_partitions: IntGauge,
+    pub committed_offset: IntGaugeVec,
+    pub high_watermark: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub oauth_token_fetches: IntCounterVec,
+    pub endpoint_failing: IntGaugeVec,
+    pub ready: IntGauge,
+}
+
+/// Attempt-latency buckets: 5 ms to the 10 s request timeout and a little beyond.
+const ATTEMPT_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// End-to-end buckets: from fast deliveries to the five-minute retry budget and past it.
+const E2E_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+const PREFIX: &str = "consent_webhooks";
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace(PREFIX)).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c =
+        IntCounterVec::new(Opts::new(name, help).namespace(PREFIX), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX)).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// Registers every metric; `organizations` are the configured ids, pre-registered so that
+    /// their series exist (at zero) from the start.
+    pub fn new<'a>(organizations: impl IntoIterator<Item = &'a str>) -> Self {
+        let r = Registry::new();
+        let attempt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_attempt_duration_seconds",
+                "Duration of one HTTP delivery attempt, OAuth token fetch included.",
+            )
+            .namespace(PREFIX)
+            .buckets(ATTEMPT_BUCKETS.to_vec()),
+            &["organization"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(attempt_duration.clone()))
+            .expect("unique metric");
+        let end_to_end_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "From the change's occurred_at to the 2xx of its webhook.",
+            )
+            .namespace(PREFIX)
+            .buckets(E2E_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(end_to_end_latency.clone()))
+            .expect("unique metric");
+
+        let m = Metrics {
+            records_consumed: counter(&r, "records_consumed_total", "Records taken from the input topic."),
+            records_rejected: counter_vec(&r, "records_rejected_total", "Input records rejected (written to the rejected topic), by reason.", &["reason"]),
+            events_derived: counter_vec(&r, "events_derived_total", "Webhook events derived, by type.", &["type"]),
+            events_suppressed: counter_vec(&r, "events_suppressed_total", "Valid records that yield no webhook, by reason.", &["reason"]),
+            events_skipped: counter_vec(&r, "events_skipped_total", "Derived events not delivered: no endpoint configured, or filtered out by the endpoint.", &["reason"]),
+            delivery_attempts: counter_vec(&r, "delivery_attempts_total", "HTTP delivery attempts, by organization and status class (2xx..5xx, error).", &["organization", "status_class"]),
+            deliveries: counter_vec(&r, "deliveries_total", "Events that reached a terminal outcome, by organization and outcome (delivered, dead_lettered).", &["organization", "outcome"]),
+            attempt_duration,
+            end_to_end_latency,
+            retries_scheduled: counter_vec(&r, "retries_scheduled_total", "Retries scheduled after a failed attempt, by organization.", &["organization"]),
+            dead_letters: counter_vec(&r, "dead_letters_total", "Events written to the dead-letter topic, by organization and reason.", &["organization", "reason"]),
+            in_flight_requests: gauge(&r, "in_flight_requests", "HTTP requests in flight."),
+            pending_records: gauge(&r, "pending_records", "Records taken from Kafka and not done yet (delivering, retrying, writing)."),
+            paused_partitions: gauge(&r, "paused_partitions", "Input partitions paused for back-pressure."),
+            committed_offset: gauge_vec(&r, "committed_offset", "Last committed offset of the group, per input partition (from librdkafka statistics).", &["partition"]),
+            high_watermark: gauge_vec(&r, "high_watermark", "High watermark (end offset) of each input partition.", &["partition"]),
+            consumer_lag: gauge_vec(&r, "consumer_lag", "Records between the committed offset and the high watermark, per input partition.", &["partition"]),
+            oauth_token_fetches: counter_vec(&r, "oauth_token_fetches_total", "OAuth token requests, by organization and result (success, failure).", &["organization", "result"]),
+            endpoint_failing: gauge_vec(&r, "endpoint_failing", "1 while an organization's last delivery attempt failed, 0 after a success.", &["organization"]),
+            ready: gauge(&r, "ready", "1 when /readyz answers 200."),
+            registry: r,
+        };
+        m.preregister(organizations);
+        m
+    }
+
+    /// Creates every bounded series at zero, so that rates and alerts see them from the start.
+    fn preregister<'a>(&self, organizations: impl IntoIterator<Item = &'a str>) {
+        for code in Rejection::CODES {
+            self.records_rejected.with_label_values(&[code]);
+        }
+        for t in EventType::ALL {
+            self.events_derived.with_label_values(&[t.as_str()]);
+        }
+        for s in Suppression::ALL {
+            self.events_suppressed.with_label_values(&[s.code()]);
+        }
+        for reason in ["no_endpoint", "filtered"] {
+            self.events_skipped.with_label_values(&[reason]);
+        }
+        for org in organizations {
+            for outcome in ["delivered", "dead_lettered"] {
+                self.deliveries.with_label_values(&[org, outcome]);
+            }
+            for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
+                self.delivery_attempts.with_label_values(&[org, class]);
+            }
+            for result in ["success", "failure"] {
+                self.oauth_token_fetches.with_label_values(&[org, result]);
+            }
+            for reason in crate::deadletter::DeadLetterReason::ALL {
+                self.dead_letters.with_label_values(&[org, reason.code()]);
+            }
+            self.retries_scheduled.with_label_values(&[org]);
+            self.endpoint_failing.with_label_values(&[org]).set(0);
+            self.attempt_duration.with_label_values(&[org]);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of valid metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new(["acme"]);
+        m.records_consumed.inc();
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let (name, kind) = (parts[2], parts[3]);
+            assert!(name.starts_with("consent_webhooks_"), "{name}");
+            match kind {
+                "counter" => assert!(name.ends_with("_total"), "{name}"),
+                "histogram" => assert!(name.ends_with("_seconds"), "{name}"),
+                _ => assert!(!name.ends_with("_total"), "{name}"),
+            }
+        }
+        assert!(text.contains("consent_webhooks_records_consumed_total 1"));
+        assert!(text.contains(
+            r#"consent_webhooks_deliveries_total{organization="acme",outcome="delivered"} 0"#
+        ));
+    }
+}
