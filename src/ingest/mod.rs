@@ -40,7 +40,7 @@ use crate::derive::{derive, Derived, Rules};
 use crate::dispatch::Work;
 use crate::telemetry::Metrics;
 
-/// How often the consumer thread stores done offsets and re-evaluates back-pressure.
+/// How often the consumer thread stores done offsets.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Observable state of the consumer, for readiness.
@@ -192,6 +192,11 @@ impl IngestContext {
         if list.count() == 0 {
             return;
         }
+        // Store as well: librdkafka commits the *stored* offsets once more when the partitions
+        // leave the assignment, and an older stored offset would undo this commit.
+        if let Err(error) = consumer.store_offsets(&list) {
+            debug!(%error, "store_offsets before the synchronous commit");
+        }
         if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
             warn!(%error, "synchronous commit failed; records after the last commit will be redelivered");
         }
@@ -265,10 +270,11 @@ impl Ingest {
     ) {
         let mut last_housekeeping = Instant::now();
         while !stop.is_cancelled() {
-            // Offsets and back-pressure are looked at every few milliseconds, not per record:
-            // at thousands of records per second, per-record stores would dominate the thread.
+            // Done offsets are stored every few milliseconds, not per record: at thousands of
+            // records per second, per-record stores would dominate the thread.
+            // Back-pressure is checked for every record (cheap, keeps the bound exact).
+            self.flow_control();
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
-                self.flow_control();
                 self.store_done();
                 last_housekeeping = Instant::now();
             }

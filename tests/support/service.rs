@@ -39,6 +39,13 @@ impl Topics {
             kafka::bootstrap(), self.group, self.input, self.dead_letter, self.rejected
         )
     }
+
+    /// Like [`Topics::config`], with `kafka` added to the `[kafka]` section (e.g.
+    /// `properties = { "session.timeout.ms" = "6000" }`).
+    pub fn config_with(&self, kafka: &str, delivery: &str) -> String {
+        self.config(delivery)
+            .replacen("\n\n[server]", &format!("\n{kafka}\n\n[server]"), 1)
+    }
 }
 
 /// A `[organizations.ID]` section for a local test receiver.
@@ -83,6 +90,22 @@ impl Service {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines (`--log-format json`), parsed; lines that are not JSON are skipped.
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Log lines whose message is exactly `message`.
+    pub fn log_messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|line| line["fields"]["message"] == message)
+            .collect()
     }
 
     /// Waits until the log contains `needle`; panics with the log at the deadline.
@@ -133,5 +156,26 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released), for a process
+/// that needs its address fixed before it starts (the service's `[server] listen`, Prometheus).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+impl Topics {
+    /// Like [`Topics::config`], with `[server] listen` (`/metrics`, `/healthz`, `/readyz`) on
+    /// `listen` instead of an ephemeral port.
+    pub fn config_listening(&self, listen: std::net::SocketAddr, delivery: &str) -> String {
+        self.config(delivery).replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\""),
+            1,
+        )
     }
 }
