@@ -29,6 +29,14 @@ use crate::config::Settings;
         .required(true)
         .args(["to_datetime", "by_duration", "to_earliest"])
 ))]
+#[command(after_long_help = "\
+Stop the service first (e.g. kubectl scale deployment/consent-webhooks --replicas=0): replay \
+refuses to commit while the group has live members. Offsets only ever move back; a partition \
+already at or before its target is left as is. The service starts again from the new offsets \
+and delivers the same event ids again.
+
+Exit status: 0 done (dry run, or executed), 1 refused (live members) or Kafka failed, \
+2 usage or configuration error.")]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub config: crate::cli::ConfigArgs,
@@ -185,7 +193,11 @@ fn replay(args: &ReplayArgs) -> Result<(), Failure> {
     consumer
         .commit(&moves, CommitMode::Sync)
         .map_err(|e| commit_failure(group, e))?;
-    let moved: Vec<i32> = rows.iter().filter(|r| r.moves).map(|r| r.partition).collect();
+    let moved: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.moves)
+        .map(|r| r.partition)
+        .collect();
     let after = committed(&consumer, topic, &moved, timeout)?;
     for (row, now) in rows.iter().filter(|r| r.moves).zip(&after) {
         if *now != Some(row.target) {
@@ -265,7 +277,9 @@ impl Row {
                 };
                 match reset {
                     ResetPolicy::Earliest => (Some(low), Some((why, Some("the earliest record")))),
-                    ResetPolicy::Latest => (Some(high), Some((why, Some("the end of the partition")))),
+                    ResetPolicy::Latest => {
+                        (Some(high), Some((why, Some("the end of the partition"))))
+                    }
                     ResetPolicy::Other => (None, Some((why, None))),
                 }
             }
@@ -275,12 +289,17 @@ impl Row {
             Some(start) if target > start => (
                 false,
                 0,
-                Some(format!(
-                    "target is after where the group starts ({start}): unchanged, a replay \
-                     never skips records"
-                )),
+                Some(
+                    "target is after where the group starts: left unchanged (a replay never \
+                     skips records)"
+                        .to_owned(),
+                ),
             ),
-            Some(_) => (false, 0, why.map(|_| "nothing to replay".to_owned())),
+            Some(_) => (
+                false,
+                0,
+                why.map(|_| "nothing to replay; left as is".to_owned()),
+            ),
             None => (true, high - target, None),
         };
         let reset_note = why.map(|(why, from)| match from {
@@ -303,7 +322,13 @@ impl Row {
     }
 }
 
-fn print_plan(settings: &Settings, target: Target, now: DateTime<Utc>, rows: &[Row], execute: bool) {
+fn print_plan(
+    settings: &Settings,
+    target: Target,
+    now: DateTime<Utc>,
+    rows: &[Row],
+    execute: bool,
+) {
     let kafka = &settings.kafka;
     let what = match target {
         Target::Earliest => "the earliest record of each partition".to_owned(),
@@ -314,7 +339,11 @@ fn print_plan(settings: &Settings, target: Target, now: DateTime<Utc>, rows: &[R
     };
     println!(
         "{} group {}, topic {}: go back to {what}",
-        if execute { "replay" } else { "replay (dry run)" },
+        if execute {
+            "replay"
+        } else {
+            "replay (dry run)"
+        },
         kafka.group_id,
         kafka.input_topic
     );
@@ -334,11 +363,7 @@ fn print_plan(settings: &Settings, target: Target, now: DateTime<Utc>, rows: &[R
             [
                 r.partition.to_string(),
                 display_offset(r.committed),
-                if r.moves {
-                    r.target.to_string()
-                } else {
-                    format!("{} (unchanged)", display_offset(r.committed))
-                },
+                r.target.to_string(),
                 r.again.to_string(),
                 r.note.clone(),
             ]
@@ -407,10 +432,7 @@ fn partitions(
         return Ok(all.into_iter().collect());
     }
     let wanted: BTreeSet<i32> = wanted.iter().copied().collect();
-    let missing: Vec<String> = wanted
-        .difference(&all)
-        .map(ToString::to_string)
-        .collect();
+    let missing: Vec<String> = wanted.difference(&all).map(ToString::to_string).collect();
     if !missing.is_empty() {
         return Err(Failure::Usage(format!(
             "--partitions: {topic} has no partition {} (it has {})",
@@ -438,7 +460,13 @@ fn live_members(
         .iter()
         .filter(|g| g.name() == group)
         .flat_map(|g| g.members())
-        .map(|m| format!("{}@{}", m.client_id(), m.client_host().trim_start_matches('/')))
+        .map(|m| {
+            format!(
+                "{}@{}",
+                m.client_id(),
+                m.client_host().trim_start_matches('/')
+            )
+        })
         .collect())
 }
 
@@ -486,9 +514,9 @@ fn committed(
     for &p in partitions {
         list.add_partition(topic, p);
     }
-    let list = consumer.committed_offsets(list, timeout).map_err(|e| {
-        Failure::Failed(format!("cannot read the committed offsets: {e}"))
-    })?;
+    let list = consumer
+        .committed_offsets(list, timeout)
+        .map_err(|e| Failure::Failed(format!("cannot read the committed offsets: {e}")))?;
     partitions
         .iter()
         .map(|&p| {
@@ -571,9 +599,8 @@ fn parse_datetime(text: &str) -> Result<DateTime<Utc>, String> {
 
 /// `--by-duration`: a humantime duration with units, greater than zero.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("{e}: expected a duration with units, e.g. 30m, 2h, 1day 12h")
-    })?;
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: expected a duration with units, e.g. 30m, 2h, 1day 12h"))?;
     if duration.is_zero() {
         return Err("must be greater than zero (0 would replay nothing)".to_owned());
     }
@@ -611,7 +638,9 @@ mod tests {
     fn duration_needs_units() {
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("30").unwrap_err().contains("e.g. 30m"));
-        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("greater than zero"));
     }
 
     #[test]

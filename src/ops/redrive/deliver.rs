@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use chrono::Utc;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -62,7 +61,9 @@ impl Tally {
         match outcome {
             Outcome::Delivered => self.delivered += 1,
             Outcome::DeliveredUnrecorded => self.delivered_unrecorded += 1,
-            Outcome::FailedAgain(reason) => *self.failed_again.entry(reason.code()).or_default() += 1,
+            Outcome::FailedAgain(reason) => {
+                *self.failed_again.entry(reason.code()).or_default() += 1
+            }
             Outcome::NotAccepted => self.not_accepted += 1,
             Outcome::NotAttempted => self.not_attempted += 1,
         }
@@ -220,7 +221,8 @@ impl Redriver {
         keys.insert(job.key.clone(), VecDeque::new());
         drop(keys);
         let this = self.clone();
-        self.tasks.spawn(async move { this.run_key(job, permit).await });
+        self.tasks
+            .spawn(async move { this.run_key(job, permit).await });
     }
 
     /// Waits until every submitted job ended; returns the tally.
@@ -280,12 +282,7 @@ impl Redriver {
                     return Outcome::NotAttempted;
                 }
                 return self
-                    .write_back(
-                        job,
-                        Some(lane),
-                        DeadLetterReason::Exhausted,
-                        &attempts,
-                    )
+                    .write_back(job, Some(lane), DeadLetterReason::Exhausted, &attempts)
                     .await;
             }
             let attempt = self.attempt(lane, &job.event).await;
@@ -366,7 +363,9 @@ impl Redriver {
             attempts,
             job.record.source.clone(),
         );
-        record.attempts.splice(0..0, job.record.attempts.iter().cloned());
+        record
+            .attempts
+            .splice(0..0, job.record.attempts.iter().cloned());
         match Box::pin(self.producers.dead_letter(&record, &job.event, &self.abort)).await {
             Ok(()) => {
                 info!(

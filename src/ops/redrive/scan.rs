@@ -94,10 +94,7 @@ pub fn capture_ranges(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Rang
         bail!("topic {topic} not found");
     };
     if let Some(error) = meta.error() {
-        bail!(
-            "topic {topic}: {}",
-            KafkaError::MetadataFetch(error.into())
-        );
+        bail!("topic {topic}: {}", KafkaError::MetadataFetch(error.into()));
     }
     if meta.partitions().is_empty() {
         bail!("topic {topic} does not exist (no partitions)");

@@ -89,8 +89,12 @@ impl Filters {
     fn matches(&self, entry: &Entry) -> bool {
         (self.organizations.is_empty() || self.organizations.contains(&entry.organization_id))
             && (self.reasons.is_empty() || self.reasons.contains(&entry.reason))
-            && self.since.is_none_or(|since| entry.dead_lettered_at >= since)
-            && self.until.is_none_or(|until| entry.dead_lettered_at < until)
+            && self
+                .since
+                .is_none_or(|since| entry.dead_lettered_at >= since)
+            && self
+                .until
+                .is_none_or(|until| entry.dead_lettered_at < until)
     }
 }
 
@@ -115,7 +119,7 @@ pub fn select(index: Index, filters: &Filters) -> Selection {
             candidates.push(entry);
         }
     }
-    candidates.sort_by(|a, b| a.order().cmp(&b.order()));
+    candidates.sort_by_key(Entry::order);
     if let Some(limit) = filters.limit {
         if candidates.len() > limit {
             selection.over_limit = (candidates.len() - limit) as u64;
