@@ -95,6 +95,15 @@ impl ConfigArgs {
             self.group_id.as_deref(),
         )
     }
+
+    /// [`ConfigArgs::load`] for a command: on an invalid configuration, prints why and gives
+    /// the usage exit status (2) to return.
+    pub fn load_or_exit(&self) -> Result<Settings, std::process::ExitCode> {
+        self.load().map_err(|error| {
+            eprintln!("invalid configuration: {error}");
+            std::process::ExitCode::from(2)
+        })
+    }
 }
 
 /// Loads the file with `CONSENT_WEBHOOKS__*` overrides from the environment, then the flags.

@@ -52,12 +52,9 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = match args.config.load() {
+    let settings = match args.config.load_or_exit() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("invalid configuration: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(usage) => return Ok(usage),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

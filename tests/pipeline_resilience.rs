@@ -377,8 +377,14 @@ async fn a_second_member_joining_mid_stream_shares_the_work_and_nothing_is_lost(
     // DESIGN, Offsets: on revoke, in-flight work gets its grace and what is done is committed
     // synchronously. When every revoked partition finished within the grace, the new owner
     // starts exactly after the old one: no event is delivered twice.
+    // (A commit the coordinator refused, e.g. because a member starved of CPU was already
+    // fenced, legitimately leaves duplicates: at-least-once. The service logs it.)
     let revokes = a.log_messages("partitions revoked; committing what is done");
-    if revokes.iter().all(|r| r["fields"]["all_done"] == true) {
+    let commit_refused = a.logs().contains("synchronous commit failed");
+    if commit_refused {
+        println!("join: a revoke commit was refused by the coordinator; duplicates allowed");
+    }
+    if !commit_refused && revokes.iter().all(|r| r["fields"]["all_done"] == true) {
         assert_eq!(
             tally.duplicates, 0,
             "member-a finished its revoked partitions within the grace ({revokes:?}), yet \

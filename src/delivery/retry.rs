@@ -346,8 +346,8 @@ mod tests {
     /// that always answers 503 after `attempt_takes`: at least five retries happen within five
     /// minutes, all within the budget, even with the largest jitter and slow attempts.
     ///
-    /// (A plain virtual clock because the policy is pure; `tokio::time::pause()` would need
-    /// tokio's `test-util` feature, which the crate does not enable.)
+    /// (A plain virtual clock: the policy is pure. The test below drives the same loop with
+    /// tokio's paused clock, the way the dispatcher waits.)
     #[test]
     fn always_503_gets_five_retries_within_five_minutes() {
         for max_jitter in [Duration::ZERO, secs(10), secs(60)] {
@@ -375,5 +375,35 @@ mod tests {
                 assert!(retry_times.windows(2).all(|w| w[0] <= w[1]), "{case}");
             }
         }
+    }
+
+    /// The dispatcher's loop (attempt, decide, sleep) against an always-503 endpoint, in
+    /// tokio's paused time: at least five retries start within five minutes of the first
+    /// attempt, none after the budget, and then the event is given up as exhausted.
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_always_503_retries_five_times_within_five_minutes() {
+        let policy = default_policy(secs(5));
+        let first = tokio::time::Instant::now();
+        let mut retries = Vec::new();
+        let reason = loop {
+            // An attempt that takes a second: the endpoint answers 503 slowly.
+            tokio::time::sleep(secs(1)).await;
+            let jitter = 0.999;
+            match policy.decide(&status(503), retries.len(), first.elapsed(), jitter) {
+                Decision::RetryAfter(wait) => {
+                    tokio::time::sleep(wait).await;
+                    retries.push(first.elapsed());
+                }
+                Decision::GiveUp(reason) => break reason,
+                Decision::Delivered => unreachable!("503 is never delivered"),
+            }
+        };
+        assert_eq!(reason, GiveUpReason::Exhausted);
+        assert!(retries.len() >= 5, "{retries:?}");
+        assert!(
+            retries[4] <= secs(300),
+            "fifth retry by five minutes: {retries:?}"
+        );
+        assert!(retries.iter().all(|t| *t <= secs(300)), "{retries:?}");
     }
 }

@@ -107,12 +107,9 @@ pub fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let settings = match args.config.load() {
+    let settings = match args.config.load_or_exit() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("invalid configuration: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(usage) => return Ok(usage),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -154,6 +154,13 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // A failing test leaves the service's log behind, for the post-mortem.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("consent-webhooks-{}.log", self.pid()));
+            if std::fs::copy(&self.log, &keep).is_ok() {
+                eprintln!("service log kept at {}", keep.display());
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
