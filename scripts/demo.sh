@@ -62,5 +62,14 @@ while [ "$(grep -c '^webhook received' "$work/receiver.log" || true)" -lt "$expe
   sleep 0.2
 done
 cat "$work/receiver.log"
+echo "==> a few of the service's metrics (http://127.0.0.1:9464/metrics)"
+python3 - <<'PY'
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
+for line in text.splitlines():
+    if line.startswith(("consent_webhooks_records_consumed_total", "consent_webhooks_events_suppressed_total",
+                        "consent_webhooks_deliveries_total")) and not line.endswith(" 0"):
+        print("   ", line)
+PY
 echo "==> all $expected webhooks delivered; stopping (SIGTERM: drain, commit, exit)"
 kill -TERM "$service_pid"; wait "$service_pid"; service_pid=""
