@@ -288,6 +288,21 @@ impl Producers {
         }
     }
 
+    /// Which of `topics` the cluster does not have (blocking: a metadata request).
+    pub fn missing_topics(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<String>, KafkaError> {
+        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        Ok(topics
+            .iter()
+            .filter(|t| !existing.contains(t))
+            .map(|t| (*t).to_owned())
+            .collect())
+    }
+
     /// Waits for every write in flight, up to `timeout`.
     pub fn flush(&self, timeout: Duration) {
         if let Err(error) = self.producer.flush(timeout) {

@@ -37,6 +37,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         settings.organizations.keys().map(String::as_str),
     ));
     let producers = Producers::new(&settings.kafka).context("creating the Kafka producer")?;
+    check_topics(&producers, &settings).await?;
     let deliverer = Deliverer::new(&settings.delivery).context("creating the HTTP client")?;
     let ingest = Ingest::new(&settings, progress.clone(), state.clone(), metrics.clone())
         .context("creating the Kafka consumer")?;
@@ -102,6 +103,37 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         .ok();
     server_stop.cancel();
     info!("stopped");
+    Ok(())
+}
+
+/// Fails at start, naming them, when the input, dead-letter or rejected topic does not exist:
+/// the service does not create topics (their partitions and retention are the operator's
+/// choice), and running without them would only fill the logs with retries.
+async fn check_topics(producers: &Producers, settings: &Settings) -> anyhow::Result<()> {
+    let kafka = &settings.kafka;
+    let topics = [
+        kafka.input_topic.clone(),
+        kafka.dead_letter_topic.clone(),
+        kafka.rejected_topic.clone(),
+    ];
+    let producers = producers.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        producers.missing_topics(&names, Duration::from_secs(30))
+    })
+    .await
+    .context("checking the topics")?
+    .with_context(|| format!("cannot read the cluster's metadata from {}", kafka.brokers))?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "topic(s) {} do not exist on {}; create them first, e.g. \
+             kafka-topics.sh --bootstrap-server {} --create --topic {} --partitions 6",
+            missing.join(", "),
+            kafka.brokers,
+            kafka.brokers,
+            missing[0]
+        );
+    }
     Ok(())
 }
 

@@ -560,3 +560,32 @@ async fn invalid_records_are_rejected_untouched_and_valid_ones_delivered() {
         "no webhook from an invalid record"
     );
 }
+
+/// A missing topic fails the start at once, naming it, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_fails_the_start_and_names_it() {
+    let topics = Topics::create(1).await;
+    let missing = kafka::unique_name("no-such-topic");
+    let config = topics.config("").replace(
+        &format!("input_topic = \"{}\"", topics.input),
+        &format!("input_topic = \"{missing}\""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_consent-webhooks"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the service exits by itself")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&missing), "names the topic: {stderr}");
+    assert!(stderr.contains("do not exist"), "{stderr}");
+}
