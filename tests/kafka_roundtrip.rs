@@ -11,29 +11,7 @@ use support::kafka;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_real_broker_and_derive_the_spec_events() {
-    let samples = std::fs::read_to_string(kafka::repo_root().join("deploy/sample-records.jsonl"))
-        .expect("sample records");
-    let records: Vec<(String, Vec<u8>)> = samples
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let entity = v
-                .get("after")
-                .filter(|a| !a.is_null())
-                .or(v.get("before"))
-                .unwrap();
-            let user = entity
-                .get("user")
-                .and_then(|u| u.get("id"))
-                .unwrap_or(&entity["id"]);
-            let key = format!(
-                "{}/{}",
-                v["organization_id"].as_str().unwrap(),
-                user.as_str().unwrap()
-            );
-            (key, line.as_bytes().to_vec())
-        })
-        .collect();
+    let records = support::records::samples();
 
     let topic = kafka::unique_name("roundtrip");
     kafka::create_topic(&topic, 3).await;

@@ -7,36 +7,11 @@ use std::time::Duration;
 
 use consent_webhooks::derive::{derive_record, Derived, Rules};
 use consent_webhooks::webhook::SigningKey;
-use support::kafka;
 use support::receiver::Receiver;
 use support::service::{organization, Service, Topics};
+use support::{kafka, records};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn samples() -> Vec<(String, Vec<u8>)> {
-    std::fs::read_to_string(kafka::repo_root().join("deploy/sample-records.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let entity = v
-                .get("after")
-                .filter(|a| !a.is_null())
-                .or(v.get("before"))
-                .unwrap();
-            let user = entity
-                .get("user")
-                .and_then(|u| u.get("id"))
-                .unwrap_or(&entity["id"]);
-            let key = format!(
-                "{}/{}",
-                v["organization_id"].as_str().unwrap(),
-                user.as_str().unwrap()
-            );
-            (key, line.as_bytes().to_vec())
-        })
-        .collect()
-}
 
 /// Event ids the pure core derives for `records`, per organization, in order.
 fn expected_ids(records: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<String>> {
@@ -66,7 +41,7 @@ async fn three_organizations_get_exactly_the_spec_events_signed() {
         );
     }
     let _service = Service::start(&config, &[("TEST_SIGNING_SECRET", SECRET)]);
-    let records = samples();
+    let records = records::samples();
     kafka::produce(&topics.input, &records).await;
 
     let expected = expected_ids(&records);

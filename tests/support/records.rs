@@ -10,6 +10,33 @@ use serde_json::{json, Value};
 
 use super::kafka;
 
+/// `deploy/sample-records.jsonl`, each keyed `organization/user` (the user of a user change,
+/// the `user.id` of an event change) as SPEC §1 recommends.
+pub fn samples() -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(kafka::repo_root().join("deploy/sample-records.jsonl"))
+        .expect("deploy/sample-records.jsonl")
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let entity = v
+                .get("after")
+                .filter(|a| !a.is_null())
+                .or(v.get("before"))
+                .unwrap();
+            let user = entity
+                .get("user")
+                .and_then(|u| u.get("id"))
+                .unwrap_or(&entity["id"]);
+            let key = format!(
+                "{}/{}",
+                v["organization_id"].as_str().unwrap(),
+                user.as_str().unwrap()
+            );
+            (key, line.as_bytes().to_vec())
+        })
+        .collect()
+}
+
 /// A `user.created` change (`change_id`, of `user` in `organization`), keyed `organization/user`
 /// as SPEC §1 recommends.
 pub fn user_created(change_id: &str, organization: &str, user: &str) -> (String, Vec<u8>) {
