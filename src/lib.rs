@@ -18,5 +18,6 @@ pub mod kafka;
 pub mod ops;
 pub mod pipeline;
 pub mod rawjson;
+pub mod signals;
 pub mod telemetry;
 pub mod webhook;

@@ -70,18 +70,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Cancels `stop` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
 async fn stop_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
+    let mut signals = match consent_webhooks::signals::StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return;
+        }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
+    let signal = signals.next().await;
+    tracing::info!(signal, "draining");
     stop.cancel();
 }
 

@@ -411,24 +411,17 @@ fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
 /// First SIGINT/SIGTERM: no new attempt starts, what is in flight finishes and is recorded.
 /// Second: writes in flight are abandoned too.
 async fn stop_on_signal(stop: CancellationToken, abort: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
+    let mut signals = match crate::signals::StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return;
+        }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.next().await;
     eprintln!("redrive: interrupted; finishing what is in flight (again to abandon it)");
     stop.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.next().await;
     eprintln!("redrive: interrupted again; abandoning the writes in flight");
     abort.cancel();
 }
