@@ -28,6 +28,9 @@ use crate::telemetry::{health, Metrics};
 /// from it, so it rarely fills; memory is bounded by `max_pending_records` (pause) anyway.
 const WORK_CHANNEL_CAPACITY: usize = 1024;
 
+/// How long a topic may take to show up in the metadata before the start fails.
+const TOPIC_CHECK_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Runs until `stop` is cancelled, then drains and returns.
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let abandon = CancellationToken::new();
@@ -116,14 +119,24 @@ async fn check_topics(producers: &Producers, settings: &Settings) -> anyhow::Res
         kafka.dead_letter_topic.clone(),
         kafka.rejected_topic.clone(),
     ];
-    let producers = producers.clone();
-    let missing = tokio::task::spawn_blocking(move || {
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        producers.missing_topics(&names, Duration::from_secs(30))
-    })
-    .await
-    .context("checking the topics")?
-    .with_context(|| format!("cannot read the cluster's metadata from {}", kafka.brokers))?;
+    // A topic created a moment ago may take a little while to appear in every broker's
+    // metadata: look again for a few seconds before calling it missing.
+    let deadline = tokio::time::Instant::now() + TOPIC_CHECK_PATIENCE;
+    let missing = loop {
+        let producers = producers.clone();
+        let topics = topics.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            producers.missing_topics(&names, Duration::from_secs(30))
+        })
+        .await
+        .context("checking the topics")?
+        .with_context(|| format!("cannot read the cluster's metadata from {}", kafka.brokers))?;
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     if !missing.is_empty() {
         anyhow::bail!(
             "topic(s) {} do not exist on {}; create them first, e.g. \

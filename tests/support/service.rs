@@ -79,13 +79,29 @@ impl Service {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().expect("start consent-webhooks");
-        let service = Service {
+        let mut service = Service {
             child,
             log,
             _dir: dir,
         };
-        service.wait_log("partitions assigned", Duration::from_secs(60));
-        service
+        // Generous: a first join on a freshly started broker, on a loaded 2-core CI machine, is
+        // slow. A service that exits instead fails the test at once, with its log.
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            let logs = service.logs();
+            if logs.contains("partitions assigned") {
+                return service;
+            }
+            if let Some(status) = service.child.try_wait().unwrap() {
+                panic!("the service exited ({status}) before it had partitions:\n{logs}");
+            }
+            assert!(
+                Instant::now() < end,
+                "no partitions assigned within 120 s:\n{logs}"
+            );
+            // Polls a file the child writes: there is nothing to wait on but the file itself.
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn logs(&self) -> String {
