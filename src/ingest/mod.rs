@@ -1,9 +1,10 @@
 //! Ingest: the Kafka consumer, on its own thread.
 //!
 //! Guarantees (at-least-once):
-//! - An offset is stored for commit only when every record below it is done (see
-//!   [`offsets`]); librdkafka commits stored offsets every second (`enable.auto.commit`,
-//!   `enable.auto.offset.store=false`), and synchronously on revoke and at shutdown.
+//! - An offset is committed only when every record below it is done (see [`offsets`]). This
+//!   thread commits the moved watermarks itself, synchronously, once a second, on revoke and at
+//!   shutdown; librdkafka's auto-commit is off. One thread, synchronous commits: a commit can
+//!   never be overtaken by an older one (an auto-commit retried after a rebalance could).
 //! - On revoke, the revoked partitions get `drain_timeout` to finish their in-flight work; what
 //!   is done is committed synchronously before the partitions go, the rest is cancelled and
 //!   consumed again by the next owner (duplicates, same webhook id; never loss).
@@ -40,8 +41,11 @@ use crate::derive::{derive, Derived, Rules};
 use crate::dispatch::Work;
 use crate::telemetry::Metrics;
 
-/// How often the consumer thread stores done offsets.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How often moved watermarks are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Observable state of the consumer, for readiness.
 #[derive(Debug, Default)]
@@ -178,7 +182,7 @@ impl IngestContext {
             .collect()
     }
 
-    /// Stores and synchronously commits the watermarks of `partitions`.
+    /// Synchronously commits the watermarks of `partitions`.
     fn commit(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
         let mut list = TopicPartitionList::new();
         {
@@ -191,11 +195,6 @@ impl IngestContext {
         }
         if list.count() == 0 {
             return;
-        }
-        // Store as well: librdkafka commits the *stored* offsets once more when the partitions
-        // leave the assignment, and an older stored offset would undo this commit.
-        if let Err(error) = consumer.store_offsets(&list) {
-            debug!(%error, "store_offsets before the synchronous commit");
         }
         if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
             warn!(%error, "synchronous commit failed; records after the last commit will be redelivered");
@@ -233,7 +232,6 @@ impl Ingest {
         };
         let defaults = [
             ("partition.assignment.strategy", "cooperative-sticky"),
-            ("auto.commit.interval.ms", "1000"),
             ("auto.offset.reset", "earliest"),
             // Pre-fetched bytes held by librdkafka; its default (64 MB) dwarfs our own buffers.
             ("queued.max.messages.kbytes", "16384"),
@@ -241,10 +239,9 @@ impl Ingest {
             ("statistics.interval.ms", "5000"),
         ];
         let consumer: BaseConsumer<IngestContext> = crate::kafka::client_config(kafka, &defaults)
-            // The at-least-once recipe: librdkafka commits only what we store, and we store
-            // only watermarks.
+            // At-least-once: nothing is committed but the watermarks this thread commits.
             .set("group.id", &kafka.group_id)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create_with_context(context)?;
         consumer.subscribe(&[&kafka.input_topic])?;
@@ -268,17 +265,15 @@ impl Ingest {
         stop: CancellationToken,
         abandon: CancellationToken,
     ) {
-        let mut last_housekeeping = Instant::now();
+        let mut last_commit = Instant::now();
         while !stop.is_cancelled() {
-            // Done offsets are stored every few milliseconds, not per record: at thousands of
-            // records per second, per-record stores would dominate the thread.
             // Back-pressure is checked for every record (cheap, keeps the bound exact).
             self.flow_control();
-            if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
-                self.store_done();
-                last_housekeeping = Instant::now();
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                self.commit_done();
+                last_commit = Instant::now();
             }
-            match self.consumer.poll(HOUSEKEEPING_INTERVAL) {
+            match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 Some(Ok(message)) => {
@@ -373,19 +368,17 @@ impl Ingest {
         }
     }
 
-    /// Hands moved watermarks to librdkafka, which commits them on its next auto-commit.
-    fn store_done(&self) {
-        let advanced = self.progress.lock().advanced();
-        if advanced.is_empty() {
-            return;
-        }
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in advanced {
-            let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
-        }
-        if let Err(error) = self.consumer.store_offsets(&list) {
-            // A partition revoked in between: its new owner starts from the last commit.
-            debug!(%error, "store_offsets");
+    /// Commits the watermarks that moved since the last commit.
+    fn commit_done(&self) {
+        let moved: Vec<i32> = self
+            .progress
+            .lock()
+            .advanced()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if !moved.is_empty() {
+            self.consumer.context().commit(&self.consumer, &moved);
         }
     }
 
