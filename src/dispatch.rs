@@ -27,9 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::change::Rejection;
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef};
-use crate::delivery::{
-    Attempt, Decision, Deliverer, Endpoint, GiveUpReason, RetryPolicy, TokenSource,
-};
+use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Target, TokenSource};
 use crate::ingest::{Progress, Ticket};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
@@ -71,9 +69,7 @@ struct Shared {
 }
 
 struct Lane {
-    endpoint: Endpoint,
-    policy: RetryPolicy,
-    concurrency: Semaphore,
+    target: Target,
     state: Mutex<LaneState>,
 }
 
@@ -110,9 +106,7 @@ impl Dispatcher {
             .iter()
             .map(|(id, org)| {
                 let lane = Lane {
-                    endpoint: deliverer.endpoint(id, Arc::new(org.clone())),
-                    policy: RetryPolicy::new(&org.retry),
-                    concurrency: Semaphore::new(org.concurrency),
+                    target: Target::new(&deliverer, id, org),
                     state: Mutex::new(LaneState::default()),
                 };
                 (id.clone(), Arc::new(lane))
@@ -136,7 +130,9 @@ impl Dispatcher {
     pub fn token_sources(&self) -> Vec<(String, Arc<TokenSource>)> {
         self.lanes
             .iter()
-            .filter_map(|(org, lane)| Some((org.clone(), lane.endpoint.token_source()?.clone())))
+            .filter_map(|(org, lane)| {
+                Some((org.clone(), lane.target.endpoint.token_source()?.clone()))
+            })
             .collect()
     }
 
@@ -182,6 +178,7 @@ impl Dispatcher {
                 let lane = match self.lanes.get(&event.organization_id) {
                     Some(lane)
                         if lane
+                            .target
                             .endpoint
                             .settings
                             .accepts(event.event_type, &event.regulation) =>
@@ -296,7 +293,7 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
             _ = cancel.cancelled() => return Outcome::Abandoned,
         };
         let retries_done = attempts.len();
-        let decision = lane.policy.decide(
+        let decision = lane.target.policy.decide(
             &attempt.outcome,
             retries_done,
             first.elapsed(),
@@ -347,13 +344,18 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
 
 /// One attempt, holding the endpoint's and the global permit only while it runs.
 async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt {
-    let _endpoint = lane.concurrency.acquire().await.expect("never closed");
+    let _endpoint = lane
+        .target
+        .concurrency
+        .acquire()
+        .await
+        .expect("never closed");
     let _global = shared.global.acquire().await.expect("never closed");
     let metrics = &shared.metrics;
     metrics.in_flight_requests.inc();
     // Boxed: the request future is large, and thousands of tasks may be waiting for permits;
     // they should not each carry its space before they run.
-    let attempt = Box::pin(shared.deliverer.attempt(&lane.endpoint, event)).await;
+    let attempt = Box::pin(shared.deliverer.attempt(&lane.target.endpoint, event)).await;
     metrics.in_flight_requests.dec();
     let org = [event.organization_id.as_str()];
     let class = attempt.outcome.status_class();
@@ -381,7 +383,7 @@ async fn dead_letter(
 ) -> Outcome {
     let record = DeadLetter::new(
         &job.event,
-        Some(&lane.endpoint.settings.url),
+        Some(&lane.target.endpoint.settings.url),
         reason,
         attempts,
         job.source.clone(),

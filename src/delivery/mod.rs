@@ -15,6 +15,7 @@ pub mod client;
 pub mod guard;
 pub mod oauth;
 pub mod retry;
+pub mod target;
 
 #[cfg(test)]
 mod testkit;
@@ -24,3 +25,4 @@ pub use client::{Deliverer, DeliveryInitError, Endpoint};
 pub use guard::{check_url, is_global, GuardError, GuardedResolver, UrlPolicy};
 pub use oauth::{AccessToken, OAuthError, TokenSource};
 pub use retry::{is_retryable_status, Decision, GiveUpReason, RetryPolicy};
+pub use target::Target;

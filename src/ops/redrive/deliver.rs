@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, Producers};
-use crate::delivery::{Attempt, Decision, Deliverer, Endpoint, GiveUpReason, RetryPolicy};
+use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Target};
 use crate::webhook::{EventType, WebhookEvent};
 
 use super::scan::{parse_time, Marker};
@@ -147,18 +147,12 @@ impl Job {
     }
 }
 
-struct Lane {
-    endpoint: Endpoint,
-    policy: RetryPolicy,
-    concurrency: Semaphore,
-}
-
 /// What every delivery shares.
 pub struct Redriver {
     deliverer: Deliverer,
     producers: Producers,
     dead_letter_topic: String,
-    lanes: HashMap<String, Lane>,
+    lanes: HashMap<String, Target>,
     global: Semaphore,
     /// Retries after the first attempt, at most (and never more than the org's schedule has).
     retries: usize,
@@ -186,14 +180,7 @@ impl Redriver {
         let lanes = settings
             .organizations
             .iter()
-            .map(|(id, org)| {
-                let lane = Lane {
-                    endpoint: deliverer.endpoint(id, Arc::new(org.clone())),
-                    policy: RetryPolicy::new(&org.retry),
-                    concurrency: Semaphore::new(org.concurrency),
-                };
-                (id.clone(), lane)
-            })
+            .map(|(id, org)| (id.clone(), Target::new(&deliverer, id, org)))
             .collect();
         Redriver {
             deliverer,
@@ -318,7 +305,7 @@ impl Redriver {
         }
     }
 
-    async fn attempt(&self, lane: &Lane, event: &WebhookEvent) -> Attempt {
+    async fn attempt(&self, lane: &Target, event: &WebhookEvent) -> Attempt {
         let _endpoint = lane.concurrency.acquire().await.expect("never closed");
         let _global = self.global.acquire().await.expect("never closed");
         Box::pin(self.deliverer.attempt(&lane.endpoint, event)).await
@@ -352,7 +339,7 @@ impl Redriver {
     async fn write_back(
         &self,
         job: &Job,
-        lane: Option<&Lane>,
+        lane: Option<&Target>,
         reason: DeadLetterReason,
         attempts: &[Attempt],
     ) -> Outcome {
