@@ -21,6 +21,11 @@ KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m}"
 KAFKA_TOOLS_HEAP_OPTS="${KAFKA_TOOLS_HEAP_OPTS:--Xmx256m}"
+# Optional SASL/SCRAM listener (off unless KAFKA_SASL_PORT is set): SASL_PLAINTEXT with
+# SCRAM-SHA-512 on 127.0.0.1:$KAFKA_SASL_PORT, user KAFKA_SASL_USER with KAFKA_SASL_PASSWORD.
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
+KAFKA_SASL_USER="${KAFKA_SASL_USER:-consent-webhooks}"
+KAFKA_SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-}"
 
 PID_FILE="$KAFKA_DATA_DIR/kafka.pid"
 LOG_FILE="$KAFKA_DATA_DIR/broker.log"
@@ -57,6 +62,10 @@ Kafka CLI tools (all arguments are passed verbatim; give --bootstrap-server your
 Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA_DIR,
 KAFKA_HOME_DIR, KAFKA_START_TIMEOUT (90), KAFKA_STOP_TIMEOUT (30), KAFKA_HEAP_OPTS,
 KAFKA_TOOLS_HEAP_OPTS, KAFKA_JVM_OPTS, JAVA, MVN. See deploy/local/README.md.
+
+SASL/SCRAM listener (start): KAFKA_SASL_PORT=PORT adds a SASL_PLAINTEXT listener with
+SCRAM-SHA-512 on 127.0.0.1:PORT; user KAFKA_SASL_USER (consent-webhooks) with password
+KAFKA_SASL_PASSWORD (required then). The PLAINTEXT listener stays as it is.
 EOF
 }
 
@@ -153,17 +162,24 @@ broker_answers() {
 
 # ---------------------------------------------------------------- start / stop
 
+sasl_enabled() { [[ -n "$KAFKA_SASL_PORT" ]]; }
+
 write_properties() {
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if sasl_enabled; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
   cat >"$PROPS_FILE" <<EOF
 # Written by deploy/local/kafka.sh on every start; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$KAFKA_DATA_DIR/logs
 num.partitions=1
 default.replication.factor=1
@@ -178,6 +194,25 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+  if sasl_enabled; then
+    cat >>"$PROPS_FILE" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+  fi
+}
+
+# The SCRAM credential, as StorageTool's --add-scram takes it.
+scram_credential() { echo "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,password=$KAFKA_SASL_PASSWORD]"; }
+
+# Creates or updates the SCRAM user on the running broker (a data dir formatted without it).
+ensure_scram_user() {
+  local -a jopts
+  mapfile -t jopts < <(tool_jvm_opts)
+  "$JAVA" "${jopts[@]}" -cp "$LIBS_DIR/*" org.apache.kafka.tools.ConfigCommand \
+    --bootstrap-server "$BOOTSTRAP" --alter --entity-type users --entity-name "$KAFKA_SASL_USER" \
+    --add-config "SCRAM-SHA-512=[password=$KAFKA_SASL_PASSWORD]" >"$KAFKA_DATA_DIR/scram.log" 2>&1 \
+    || { cat "$KAFKA_DATA_DIR/scram.log" >&2; return 1; }
 }
 
 # A Kafka cluster id is 16 random bytes in URL-safe base64 without padding.
@@ -263,6 +298,11 @@ cmd_start() {
   rm -f "$PID_FILE"
 
   check_java
+  if sasl_enabled; then
+    check_port_var KAFKA_SASL_PORT "$KAFKA_SASL_PORT"
+    [[ -n "$KAFKA_SASL_PASSWORD" ]] || die "KAFKA_SASL_PORT is set: set KAFKA_SASL_PASSWORD too"
+    port_open "$KAFKA_SASL_PORT" && die "SASL port $KAFKA_SASL_PORT is already in use (set KAFKA_SASL_PORT)"
+  fi
   cmd_fetch
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is already in use by another process (set KAFKA_PORT)"
   port_open "$KAFKA_CONTROLLER_PORT" && die "controller port $KAFKA_CONTROLLER_PORT is already in use (set KAFKA_CONTROLLER_PORT)"
@@ -278,12 +318,17 @@ cmd_start() {
   mapfile -t jopts < <(broker_jvm_opts)
   local cp="$LIBS_DIR/*" t0=$SECONDS
 
+  local formatted_now=""
   if [[ ! -f "$KAFKA_DATA_DIR/logs/meta.properties" ]]; then
     local cid
+    local -a scram=()
     cid="$(new_cluster_id)"
+    # The SCRAM user is written into the metadata log at format time (no broker needed).
+    if sasl_enabled; then scram=(--add-scram "$(scram_credential)"); fi
+    formatted_now=yes
     info "formatting $KAFKA_DATA_DIR/logs (cluster id $cid)"
     if ! "$JAVA" "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format \
-          --config "$PROPS_FILE" --cluster-id "$cid" >"$KAFKA_DATA_DIR/format.log" 2>&1; then
+          --config "$PROPS_FILE" --cluster-id "$cid" "${scram[@]}" >"$KAFKA_DATA_DIR/format.log" 2>&1; then
       cat "$KAFKA_DATA_DIR/format.log" >&2
       die "formatting the storage failed"
     fi
@@ -303,6 +348,13 @@ cmd_start() {
     if proc_alive "$pid"; then stop_pid "$pid"; fi
     rm -f "$PID_FILE"
     die "broker failed to start"
+  fi
+  if sasl_enabled; then
+    if [[ -z "$formatted_now" ]] && ! ensure_scram_user; then
+      stop_pid "$pid"; rm -f "$PID_FILE"
+      die "could not create the SCRAM user $KAFKA_SASL_USER"
+    fi
+    info "SASL/SCRAM-SHA-512 listener on 127.0.0.1:$KAFKA_SASL_PORT (user $KAFKA_SASL_USER)"
   fi
   info "broker ready (pid $pid) after $((SECONDS - t0))s"
   echo "$BOOTSTRAP"
