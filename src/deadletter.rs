@@ -1,27 +1,42 @@
 //! The dead-letter and rejected-records topics: permanent storage for what could not be
 //! delivered, and for input that could not be read.
 //!
-//! Guarantee: [`Producers::dead_letter`] and [`Producers::reject`] return only once the broker
-//! acknowledged the write (idempotent producer, `acks=all`), retrying for as long as it takes
-//! unless the work is cancelled; only then may the source offset count as done. A dead-letter
-//! record carries the event, every attempt and the source coordinates, never a secret, token or
-//! signature (the endpoint URL is stored without user info or query string).
+//! Guarantees:
+//! - [`Producers::dead_letter`] and [`Producers::reject`] return `Ok` only once the broker
+//!   acknowledged the write (idempotent producer, `acks=all`); only then may the source offset
+//!   count as done. Transient failures are retried for as long as it takes unless the work is
+//!   cancelled (see [`write_error`] for the classification).
+//! - A record the broker will never take as it is (larger than the topic's `max.message.bytes`,
+//!   or refused as invalid) is written in its *reference* form: for a dead letter, the event id
+//!   and type, organization, endpoint, reason, attempts, source coordinates and original size,
+//!   without the event body ([`DeadLetterReference`]); for a rejected record, no value and the
+//!   reason in headers. Both are small and bounded whatever the input, so the watermark moves on.
+//! - A producer that can write nothing any more (authorization, fatal idempotent-producer
+//!   state) or a topic that refuses even the reference form trips [`Producers::fatal`]: every
+//!   later write fails at once, and the pipeline stops through its one shutdown path.
+//! - A dead-letter record carries the event, every attempt and the source coordinates, never a
+//!   secret, token or signature (the endpoint URL is stored without user info or query string).
 
-use std::time::Duration;
+mod producers;
+pub mod write_error;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
-use crate::change::Rejection;
-use crate::config::KafkaSettings;
 use crate::delivery::{Attempt, AttemptOutcome};
 use crate::webhook::WebhookEvent;
+
+pub use producers::{
+    OutputTopic, Producers, DEAD_LETTER_FORM_HEADER, ORIGINAL_SIZE_HEADER, REJECTED_CAUSE_HEADER,
+    REJECTED_FORM_HEADER,
+};
+pub use write_error::{Disposition, WriteError, WriteFailure};
+
+/// Longest change id or key kept in a reference form: beyond it they are left out (the source
+/// record still has them), so that a reference stays small whatever the input holds.
+const REFERENCE_FIELD_MAX: usize = 256;
 
 /// Version of the dead-letter record layout (`schemas/dead-letter.schema.json`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -142,173 +157,69 @@ impl DeadLetter {
     }
 }
 
+/// The reference form of a dead letter whose full record the topic refused (too large): what
+/// identifies the event and why it failed, without its body. The event can be delivered again
+/// by replaying its source record (`source`), while the input topic still holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterReference {
+    pub schema_version: u32,
+    /// Always `"reference"`; the full form has no `form`.
+    pub form: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub organization_id: String,
+    pub endpoint: EndpointRef,
+    pub reason: DeadLetterReason,
+    pub attempts: Vec<AttemptRecord>,
+    /// The source coordinates; `change_id` is left out when longer than 256 bytes.
+    pub source: SourceCoordinates,
+    /// Bytes of the full dead-letter record that was refused.
+    pub original_size: u64,
+    pub dead_lettered_at: String,
+}
+
+/// [`SourceRef`] with an optional change id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCoordinates {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+}
+
+impl DeadLetterReference {
+    pub fn new(record: &DeadLetter, event: &WebhookEvent, original_size: usize) -> Self {
+        let source = &record.source;
+        DeadLetterReference {
+            schema_version: SCHEMA_VERSION,
+            form: "reference".to_owned(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.as_str().to_owned(),
+            organization_id: record.organization_id.clone(),
+            endpoint: record.endpoint.clone(),
+            reason: record.reason,
+            attempts: record.attempts.clone(),
+            source: SourceCoordinates {
+                topic: source.topic.clone(),
+                partition: source.partition,
+                offset: source.offset,
+                change_id: Some(source.change_id.clone())
+                    .filter(|id| id.len() <= REFERENCE_FIELD_MAX),
+            },
+            original_size: u64::try_from(original_size).unwrap_or(u64::MAX),
+            dead_lettered_at: record.dead_lettered_at.clone(),
+        }
+    }
+}
+
 /// The URL without user info, query or fragment: those may hold credentials.
 pub fn public_url(url: &Url) -> String {
-    let mut url = url.clone();
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.set_query(None);
-    url.set_fragment(None);
-    url.to_string()
+    crate::delivery::redact::url(url)
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// The work was cancelled (revoke or shutdown) before the broker acknowledged the write.
-#[derive(Debug, thiserror::Error)]
-#[error("cancelled before the write was acknowledged")]
-pub struct Cancelled;
-
-/// The producer for both topics.
-#[derive(Clone)]
-pub struct Producers {
-    producer: FutureProducer,
-    dead_letter_topic: String,
-    rejected_topic: String,
-}
-
-/// How long to wait between two tries of a write the broker did not acknowledge.
-const WRITE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
-
-impl Producers {
-    pub fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
-        let defaults = [("linger.ms", "5"), ("message.timeout.ms", "60000")];
-        let producer: FutureProducer = crate::kafka::client_config(kafka, &defaults)
-            // Permanent storage: no write counts until every in-sync replica has it, once.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
-        Ok(Producers {
-            producer,
-            dead_letter_topic: kafka.dead_letter_topic.clone(),
-            rejected_topic: kafka.rejected_topic.clone(),
-        })
-    }
-
-    /// Writes a dead-letter record, keyed by organization id; returns once acknowledged.
-    pub async fn dead_letter(
-        &self,
-        record: &DeadLetter,
-        event: &WebhookEvent,
-        cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        let value = serde_json::to_vec(record).expect("a dead-letter record serializes");
-        let partition = record.source.partition.to_string();
-        let offset = record.source.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(header("__connect.errors.topic", &record.source.topic))
-            .insert(header("__connect.errors.partition", &partition))
-            .insert(header("__connect.errors.offset", &offset))
-            .insert(header(
-                "__connect.errors.exception.message",
-                record.reason.code(),
-            ))
-            .insert(header("webhook-dead-letter-reason", record.reason.code()))
-            .insert(header("webhook-id", &event.id))
-            .insert(header("webhook-type", event.event_type.as_str()))
-            .insert(header("webhook-organization-id", &event.organization_id))
-            .insert(header("webhook-change-id", &event.change_id));
-        self.send(
-            &self.dead_letter_topic,
-            Some(record.organization_id.as_bytes()),
-            &value,
-            headers,
-            cancel,
-        )
-        .await
-    }
-
-    /// Writes a rejected input record: original key and bytes untouched, original headers kept,
-    /// the reason in headers; returns once acknowledged.
-    pub async fn reject(
-        &self,
-        source: &InputRecord,
-        rejection: &Rejection,
-        cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        let partition = source.partition.to_string();
-        let offset = source.offset.to_string();
-        let message = rejection.to_string();
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in &source.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
-        }
-        let headers = headers
-            .insert(header("__connect.errors.topic", &source.topic))
-            .insert(header("__connect.errors.partition", &partition))
-            .insert(header("__connect.errors.offset", &offset))
-            .insert(header("__connect.errors.exception.message", &message))
-            .insert(header("consent-webhooks-rejection", rejection.code()));
-        self.send(
-            &self.rejected_topic,
-            source.key.as_deref(),
-            &source.payload,
-            headers,
-            cancel,
-        )
-        .await
-    }
-
-    /// Writes any record to `topic` (e.g. `redrive`'s resolution markers on the dead-letter
-    /// topic), with the same guarantee: returns once acknowledged, or when cancelled.
-    pub async fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        headers: OwnedHeaders,
-        cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        loop {
-            let mut record = FutureRecord::to(topic)
-                .payload(value)
-                .headers(headers.clone());
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            let sent = tokio::select! {
-                sent = self.producer.send(record, Duration::from_secs(5)) => sent,
-                _ = cancel.cancelled() => return Err(Cancelled),
-            };
-            match sent {
-                Ok(_) => return Ok(()),
-                Err((error, _)) => {
-                    tracing::warn!(topic, %error, "write not acknowledged; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(WRITE_RETRY_BACKOFF) => {}
-                        _ = cancel.cancelled() => return Err(Cancelled),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Which of `topics` the cluster does not have (blocking: a metadata request).
-    pub fn missing_topics(
-        &self,
-        topics: &[&str],
-        timeout: Duration,
-    ) -> Result<Vec<String>, KafkaError> {
-        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
-        let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-        Ok(topics
-            .iter()
-            .filter(|t| !existing.contains(t))
-            .map(|t| (*t).to_owned())
-            .collect())
-    }
-
-    /// Waits for every write in flight, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
-            tracing::warn!(%error, "producer flush incomplete");
-        }
-    }
 }
 
 /// An input record exactly as consumed, kept to be written to the rejected topic as it was.
@@ -322,9 +233,14 @@ pub struct InputRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
+impl InputRecord {
+    /// Bytes of the record as consumed: key, value, header names and values.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.len() + headers
     }
 }

@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus::IntGauge;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -352,11 +353,7 @@ async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt 
         .expect("never closed");
     let _global = shared.global.acquire().await.expect("never closed");
     let metrics = &shared.metrics;
-    metrics.in_flight_requests.inc();
-    // Boxed: the request future is large, and thousands of tasks may be waiting for permits;
-    // they should not each carry its space before they run.
-    let attempt = Box::pin(shared.deliverer.attempt(&lane.target.endpoint, event)).await;
-    metrics.in_flight_requests.dec();
+    let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
     let org = [event.organization_id.as_str()];
     let class = attempt.outcome.status_class();
     metrics
@@ -371,7 +368,40 @@ async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt 
         .endpoint_failing
         .with_label_values(&org)
         .set(i64::from(class != "2xx"));
+    if attempt.reauthorized {
+        metrics.oauth_reauthorizations.with_label_values(&org).inc();
+    }
     attempt
+}
+
+/// The request itself, counted in `in_flight_requests` while it runs: the count is taken back
+/// when the request ends or is cancelled (revoke, shutdown drop the future mid-flight).
+async fn request(
+    metrics: &Metrics,
+    deliverer: &Deliverer,
+    target: &Target,
+    event: &WebhookEvent,
+) -> Attempt {
+    let _in_flight = InFlight::enter(&metrics.in_flight_requests);
+    // Boxed: the request future is large, and thousands of tasks may be waiting for permits;
+    // they should not each carry its space before they run.
+    Box::pin(deliverer.attempt(&target.endpoint, event)).await
+}
+
+/// One unit of a gauge, given back on drop.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn dead_letter(
@@ -415,5 +445,44 @@ async fn dead_letter(
             Outcome::DeadLettered(reason)
         }
         Err(_) => Outcome::Abandoned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::delivery::testkit::{delivery_settings, event, organization, Receiver, Reply};
+
+    /// Issue 7 point 6: a request cancelled mid-flight (its future dropped, as a revoke or a
+    /// shutdown does) gives its `in_flight_requests` unit back.
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_the_in_flight_gauge_at_zero() {
+        let receiver = Receiver::start().await;
+        receiver.then(Reply::hang());
+        let deliverer = Deliverer::new(&delivery_settings(Duration::from_secs(30))).unwrap();
+        let target = Target::new(&deliverer, "acme", &organization(receiver.url()));
+        let metrics = Arc::new(Metrics::new(["acme"]));
+        let task = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move { request(&metrics, &deliverer, &target, &event()).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while receiver.received().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            metrics.in_flight_requests.get(),
+            1,
+            "counted while in flight"
+        );
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(metrics.in_flight_requests.get(), 0, "given back on cancel");
     }
 }

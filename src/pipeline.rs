@@ -6,7 +6,9 @@
 //! Shutdown (`stop` cancelled, e.g. on SIGTERM): the consumer stops polling; in-flight work
 //! gets `drain_timeout`; what is left is cancelled (not committed, so consumed again after a
 //! restart); done offsets are committed synchronously; the consumer leaves the group; the
-//! producers are flushed; `run` returns.
+//! producers are flushed; `run` returns. A fatal producer error (authorization, fatal
+//! idempotent-producer state; see [`crate::deadletter`]) takes the same path: readiness fails at
+//! once, `stop` is cancelled, and `run` returns the error once the drain is over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,9 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let metrics = Arc::new(Metrics::new(
         settings.organizations.keys().map(String::as_str),
     ));
-    let producers = Producers::new(&settings.kafka).context("creating the Kafka producer")?;
+    let producers = Producers::new(&settings.kafka)
+        .context("creating the Kafka producer")?
+        .with_metrics(&metrics);
     check_topics(&producers, &settings).await?;
     let deliverer = Deliverer::new(&settings.delivery).context("creating the HTTP client")?;
     let ingest = Ingest::new(&settings, progress.clone(), state.clone(), metrics.clone())
@@ -70,6 +74,12 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         )
     })?;
     info!(%address, "serving /metrics, /healthz and /readyz");
+
+    tokio::spawn(stop_on_fatal(
+        producers.clone(),
+        state.clone(),
+        stop.clone(),
+    ));
 
     let (work_tx, work_rx) = mpsc::channel(WORK_CHANNEL_CAPACITY);
     let consumer = {
@@ -105,8 +115,29 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         .await
         .ok();
     server_stop.cancel();
+    if let Some(failure) = producers.fatal_failure() {
+        anyhow::bail!(
+            "stopped on a fatal Kafka producer error ({}): see the log above",
+            failure.code()
+        );
+    }
     info!("stopped");
     Ok(())
+}
+
+/// A fatal producer error fails readiness at once and starts the one shutdown path.
+async fn stop_on_fatal(producers: Producers, state: Arc<IngestState>, stop: CancellationToken) {
+    let fatal = producers.fatal();
+    tokio::select! {
+        _ = fatal.cancelled() => {}
+        _ = stop.cancelled() => return,
+    }
+    // Draining is what readiness looks at; the consumer sets it again when it stops polling.
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::error!("fatal producer error: not ready; draining and stopping");
+    stop.cancel();
 }
 
 /// Fails at start, naming them, when the input, dead-letter or rejected topic does not exist:

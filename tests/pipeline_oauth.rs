@@ -362,10 +362,13 @@ async fn token_endpoint_down_dead_letters_without_leaking_the_secret() {
     assert_eq!(ids, events.keys().cloned().collect::<BTreeSet<_>>());
     assert!(receiver.received().is_empty(), "no POST without a token");
     let requests = oauth.requests();
-    assert_eq!(
+    // A failure is shared with every attempt that needs a token within 5 s (the whole 0.5 s
+    // schedule here): one request, not one per attempt (a second only on a very slow machine).
+    assert!(
+        (1..=2).contains(&requests.len()),
+        "{} token requests for {} attempts",
         requests.len(),
-        N * ATTEMPTS,
-        "one token request per attempt (a failure is not cached)"
+        N * ATTEMPTS
     );
     assert!(requests.iter().all(|r| r.status == 500));
     assert_well_formed(&requests);

@@ -10,7 +10,7 @@ use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 use super::guard::GuardError;
 
@@ -22,6 +22,9 @@ pub struct Attempt {
     /// How long it took, token fetch included.
     pub duration: Duration,
     pub outcome: AttemptOutcome,
+    /// The endpoint answered 401 to a cached OAuth token, and the request was re-sent once with
+    /// a new one (the outcome is the re-send's).
+    pub reauthorized: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,18 +165,89 @@ fn has_io_kind(err: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
     })
 }
 
-/// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (IMF-fixdate,
-/// read as RFC 2822) turned into a delay from `now` (zero if already past). The obsolete RFC 850
-/// and asctime date forms are ignored (`None`), as is anything else unparseable.
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date in any of
+/// the three forms of RFC 9110 §5.6.7 (IMF-fixdate, the obsolete RFC 850 and asctime forms),
+/// turned into a delay from `now` (zero if already past). Anything else is `None`.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Longer than u64 seconds is "forever"; the policy clamps to its budget anyway.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let date = DateTime::parse_from_rfc2822(value).ok()?;
-    let delay = date.with_timezone(&Utc) - now;
-    Some(delay.to_std().unwrap_or(Duration::ZERO))
+    let date = parse_http_date(value, now)?;
+    Some((date - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7). `now` resolves the two-digit year of the RFC 850 form: a
+/// date that would be more than 50 years in the future is read as the most recent past year
+/// with those last two digits.
+pub fn parse_http_date(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    match parts.as_slice() {
+        // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`
+        [day, dd, mon, yyyy, time, "GMT"] if is_day_name(day.strip_suffix(',')?, false) => {
+            if dd.len() != 2 || yyyy.len() != 4 {
+                return None;
+            }
+            date_time(yyyy.parse().ok()?, mon, dd.parse().ok()?, time)
+        }
+        // RFC 850: `Sunday, 06-Nov-94 08:49:37 GMT`
+        [day, date, time, "GMT"] if is_day_name(day.strip_suffix(',')?, true) => {
+            let mut fields = date.split('-');
+            let (dd, mon, yy) = (fields.next()?, fields.next()?, fields.next()?);
+            if fields.next().is_some() || dd.len() != 2 || yy.len() != 2 {
+                return None;
+            }
+            let yy: i32 = yy.parse().ok()?;
+            let century = now.year() - now.year().rem_euclid(100);
+            let mut year = century + yy;
+            if year > now.year() + 50 {
+                year -= 100;
+            }
+            date_time(year, mon, dd.parse().ok()?, time)
+        }
+        // asctime: `Sun Nov  6 08:49:37 1994`
+        [day, mon, d, time, yyyy] if is_day_name(day, false) => {
+            if d.is_empty() || d.len() > 2 || yyyy.len() != 4 {
+                return None;
+            }
+            date_time(yyyy.parse().ok()?, mon, d.parse().ok()?, time)
+        }
+        _ => None,
+    }
+}
+
+fn is_day_name(name: &str, long: bool) -> bool {
+    const SHORT: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const LONG: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    if long {
+        LONG.contains(&name)
+    } else {
+        SHORT.contains(&name)
+    }
+}
+
+fn date_time(year: i32, month: &str, day: u32, time: &str) -> Option<DateTime<Utc>> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let mut hms = time.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+    if hms.next().is_some() || [h, m, s].iter().any(|f| f.len() != 2) {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(year, u32::try_from(month).ok()?, day)?;
+    let at = date.and_hms_opt(h.parse().ok()?, m.parse().ok()?, s.parse().ok()?)?;
+    Some(at.and_utc())
 }
 
 #[cfg(test)]
@@ -237,10 +311,45 @@ mod tests {
             ("1.5", None),
             ("", None),
             ("soon", None),
-            ("Wednesday, 21-Oct-15 07:28:30 GMT", None),
+            // The obsolete forms RFC 9110 §5.6.7 requires recipients to accept.
+            (
+                "Wednesday, 21-Oct-15 07:28:30 GMT",
+                Some(Duration::from_secs(30)),
+            ),
+            ("Wed Oct 21 07:29:00 2015", Some(Duration::from_secs(60))),
+            // asctime pads a one-digit day with a space.
+            ("Wed Oct  1 00:00:00 2015", Some(Duration::ZERO)),
+            ("Wed, 21 Oct 2015 07:28:30 CET", None),
+            ("Wed, 21 Foo 2015 07:28:30 GMT", None),
+            ("Wed, 31 Feb 2015 07:28:30 GMT", None),
+            ("Wed, 21 Oct 2015 7:28:30 GMT", None),
+            ("Wednesday, 21-Oct-2015 07:28:30 GMT", None),
         ];
         for (value, expected) in rows {
             assert_eq!(parse_retry_after(value, now), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn the_three_http_date_forms_name_the_same_instant() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let expected = Utc.with_ymd_and_hms(1994, 11, 6, 8, 49, 37).unwrap();
+        for value in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(value, now), Some(expected), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn rfc850_two_digit_years_are_never_more_than_50_years_ahead() {
+        let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let year = |value: &str| parse_http_date(value, now).map(|d| d.year());
+        assert_eq!(year("Monday, 01-Jun-26 00:00:00 GMT"), Some(2026));
+        assert_eq!(year("Thursday, 01-Jun-76 00:00:00 GMT"), Some(2076));
+        assert_eq!(year("Wednesday, 01-Jun-77 00:00:00 GMT"), Some(1977));
+        assert_eq!(year("Thursday, 01-Jun-99 00:00:00 GMT"), Some(1999));
     }
 }

@@ -14,7 +14,12 @@
 //!   does not change the outcome, so a 2xx whose body fails is delivered — the receiver has
 //!   already said it accepted the event;
 //! - with OAuth, a 401 invalidates the token and the request is re-sent once, at once, with a
-//!   new token; the attempt reports the final response;
+//!   new token; the attempt reports the final response, and says it was re-sent
+//!   ([`Attempt::reauthorized`], counted in `oauth_reauthorizations_total`);
+//! - a token URL the address guard refuses ends the attempt as `address_refused`, like an
+//!   endpoint URL; any other token failure as `oauth_token`;
+//! - URLs and error texts are logged through [`super::redact`]: never a user info or query
+//!   string (where API keys hide);
 //! - each exchange (token request or POST) is bounded by `request_timeout`, the whole attempt
 //!   by [`Deliverer::max_attempt_duration`].
 
@@ -34,6 +39,7 @@ use crate::webhook::WebhookEvent;
 use super::attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 use super::guard::{GuardedResolver, UrlPolicy};
 use super::oauth::{AccessToken, TokenSource};
+use super::redact;
 
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -96,7 +102,7 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("organization_id", &self.organization_id)
-            .field("url", &self.settings.url.as_str())
+            .field("url", &redact::url(&self.settings.url))
             .field("policy", &self.policy)
             .field("token_source", &self.token_source)
             .finish_non_exhaustive()
@@ -191,10 +197,13 @@ impl Deliverer {
     pub async fn attempt(&self, endpoint: &Endpoint, event: &WebhookEvent) -> Attempt {
         let at = Utc::now();
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.max_attempt_duration(), self.exchange(endpoint, event))
-                .await
-                .unwrap_or(AttemptOutcome::Failed(AttemptError::Timeout));
+        let mut reauthorized = false;
+        let outcome = tokio::time::timeout(
+            self.max_attempt_duration(),
+            self.exchange(endpoint, event, &mut reauthorized),
+        )
+        .await
+        .unwrap_or(AttemptOutcome::Failed(AttemptError::Timeout));
         let duration = started.elapsed();
         tracing::debug!(
             organization_id = %endpoint.organization_id,
@@ -207,10 +216,17 @@ impl Deliverer {
             at,
             duration,
             outcome,
+            reauthorized,
         }
     }
 
-    async fn exchange(&self, endpoint: &Endpoint, event: &WebhookEvent) -> AttemptOutcome {
+    /// The request(s) of one attempt; sets `reauthorized` when a 401 led to a re-send.
+    async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        event: &WebhookEvent,
+        reauthorized: &mut bool,
+    ) -> AttemptOutcome {
         if let Err(e) = endpoint.policy.check(&endpoint.settings.url) {
             tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "endpoint URL refused");
             return AttemptOutcome::Failed(e.attempt_error());
@@ -230,6 +246,12 @@ impl Deliverer {
             return first;
         }
         // The token may have been revoked early: one fresh token, one immediate re-send.
+        tracing::debug!(
+            organization_id = %endpoint.organization_id,
+            event_id = %event.id,
+            "401 with a cached OAuth token: fetching a new one and re-sending once"
+        );
+        *reauthorized = true;
         tokens.invalidate(&token).await;
         let token = match self.token(endpoint, tokens).await {
             Ok(token) => token,
@@ -244,8 +266,9 @@ impl Deliverer {
         tokens: &TokenSource,
     ) -> Result<AccessToken, AttemptOutcome> {
         tokens.token().await.map_err(|e| {
-            tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "OAuth token fetch failed");
-            AttemptOutcome::Failed(AttemptError::OAuthToken)
+            let failed = e.attempt_error();
+            tracing::warn!(organization_id = %endpoint.organization_id, error = %e, outcome = failed.code(), "OAuth token fetch failed");
+            AttemptOutcome::Failed(failed)
         })
     }
 
@@ -270,8 +293,9 @@ impl Deliverer {
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
-                tracing::debug!(organization_id = %endpoint.organization_id, error = %e, "request failed");
-                return AttemptOutcome::Failed(AttemptError::classify(&e));
+                let failed = AttemptError::classify(&e);
+                tracing::debug!(organization_id = %endpoint.organization_id, error = %redact::error(e), "request failed");
+                return AttemptOutcome::Failed(failed);
             }
         };
         let code = response.status().as_u16();
@@ -286,7 +310,7 @@ impl Deliverer {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!(organization_id = %endpoint.organization_id, code, error = %e, "response body not read");
+                    tracing::debug!(organization_id = %endpoint.organization_id, code, error = %redact::error(e), "response body not read");
                     break;
                 }
             }

@@ -5,7 +5,8 @@
 //! - [`attempt`]: what an attempt produced ([`AttemptOutcome`], [`AttemptError`]);
 //! - [`retry`]: the pure [`RetryPolicy`] turning an outcome into a [`Decision`];
 //! - [`guard`]: the address guard (public addresses, HTTPS) in the resolver and before requests;
-//! - [`oauth`]: the client-credentials [`TokenSource`] with its token cache.
+//! - [`oauth`]: the client-credentials [`TokenSource`] with its token cache;
+//! - [`redact`]: URLs and error texts as they may be logged (no user info, no query).
 //!
 //! The orchestrator loops: `attempt` → `decide` → wait `RetryAfter` or stop on `Delivered` /
 //! `GiveUp`. Nothing here sleeps between attempts or touches Kafka.
@@ -14,11 +15,12 @@ pub mod attempt;
 pub mod client;
 pub mod guard;
 pub mod oauth;
+pub mod redact;
 pub mod retry;
 pub mod target;
 
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub use attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 pub use client::{Deliverer, DeliveryInitError, Endpoint};

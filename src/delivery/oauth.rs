@@ -10,9 +10,12 @@
 //!   [`LIFETIME_WITHOUT_EXPIRY`] (5 min) or until the endpoint rejects it with a 401;
 //! - token requests go through the caller's (guarded) HTTP client, never follow redirects, and
 //!   are checked against the organization's [`UrlPolicy`];
-//! - neither the client secret nor any token is ever logged or shown by `Debug`;
-//! - a failed fetch clears the cache and is not remembered: the next caller tries again (the
-//!   delivery's retry schedule spaces those calls out).
+//! - neither the client secret nor any token is ever logged or shown by `Debug`, and the token
+//!   URL is logged and shown without user info or query string (nor do error texts carry it);
+//! - a failed fetch is shared: it clears the cached token, and every caller that was waiting
+//!   for it, or comes within [`FAILURE_TTL`] (a few seconds), gets the same failure without a
+//!   request of its own ([`OAuthError::Shared`]). So a hanging or failing token endpoint costs
+//!   one request timeout per few seconds, not one per waiting delivery in turn.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +35,14 @@ use tokio::time::Instant;
 
 use crate::config::{AuthStyle, OAuthSettings};
 
+use super::attempt::AttemptError;
 use super::guard::{GuardError, UrlPolicy};
+use super::redact;
 
 /// How long a token without `expires_in` is reused.
 pub const LIFETIME_WITHOUT_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// How long a failed fetch is handed to callers before the next one tries again.
+pub const FAILURE_TTL: Duration = Duration::from_secs(5);
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -75,23 +82,71 @@ pub enum OAuthError {
     UnsupportedTokenType(String),
     #[error("extra token request header {0:?} is not a valid header")]
     InvalidHeader(String),
+    /// A failed fetch, as every caller sees it: the one that made the request, those that
+    /// waited for it, and those that came within the failure TTL (no request of their own).
+    #[error(transparent)]
+    Shared(Arc<OAuthError>),
 }
 
-/// The token request's transport failure (our HTTP client, seen through oauth2).
+impl OAuthError {
+    /// How the delivery attempt ends: a token URL the address guard refuses is
+    /// `address_refused` (like an endpoint URL: dead-lettered, not retried); anything else is
+    /// `oauth_token` (retried).
+    pub fn attempt_error(&self) -> AttemptError {
+        let refused = match self {
+            OAuthError::Guard(guard) => guard.attempt_error() == AttemptError::AddressRefused,
+            OAuthError::Transport(TransportError::Http(e)) => {
+                AttemptError::classify(e) == AttemptError::AddressRefused
+            }
+            OAuthError::Shared(inner) => return inner.attempt_error(),
+            OAuthError::Transport(_)
+            | OAuthError::Server(_)
+            | OAuthError::Invalid(_)
+            | OAuthError::UnsupportedTokenType(_)
+            | OAuthError::InvalidHeader(_) => false,
+        };
+        if refused {
+            AttemptError::AddressRefused
+        } else {
+            AttemptError::OAuthToken
+        }
+    }
+}
+
+/// The token request's transport failure (our HTTP client, seen through oauth2). The reqwest
+/// error is kept without its URL (the token URL may carry a secret in its query string).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error(transparent)]
-    Http(#[from] reqwest::Error),
+    #[error("{}", redact::chain(.0))]
+    Http(reqwest::Error),
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
     #[error("cannot build the response: {0}")]
     Build(#[from] oauth2::http::Error),
 }
 
+impl From<reqwest::Error> for TransportError {
+    fn from(error: reqwest::Error) -> Self {
+        TransportError::Http(error.without_url())
+    }
+}
+
 struct Cached {
     token: AccessToken,
     /// From here on the token is refetched.
     refresh_at: Instant,
+}
+
+/// What the single-flight lock guards: the token, or the last failure while it is fresh.
+#[derive(Default)]
+enum CacheState {
+    #[default]
+    Empty,
+    Token(Cached),
+    Failed {
+        error: Arc<OAuthError>,
+        until: Instant,
+    },
 }
 
 pub struct TokenSource {
@@ -101,7 +156,8 @@ pub struct TokenSource {
     headers: Result<Vec<(HeaderName, HeaderValue)>, String>,
     http: reqwest::Client,
     policy: UrlPolicy,
-    cached: Mutex<Option<Cached>>,
+    cached: Mutex<CacheState>,
+    failure_ttl: Duration,
     fetches: AtomicU64,
     failures: AtomicU64,
 }
@@ -109,7 +165,7 @@ pub struct TokenSource {
 impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSource")
-            .field("token_url", &self.token_url.as_str())
+            .field("token_url", &redact::url(&self.token_url))
             .field("scopes", &self.scopes.len())
             .field("policy", &self.policy)
             .field("fetches", &self.fetches())
@@ -171,7 +227,8 @@ impl TokenSource {
             headers,
             http,
             policy: UrlPolicy::STRICT,
-            cached: Mutex::new(None),
+            cached: Mutex::new(CacheState::Empty),
+            failure_ttl: FAILURE_TTL,
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -183,23 +240,39 @@ impl TokenSource {
         self
     }
 
-    /// A valid token: the cached one, or a new one (one fetch at a time per source).
+    /// How long a failure is shared (default [`FAILURE_TTL`]).
+    pub fn with_failure_ttl(mut self, ttl: Duration) -> Self {
+        self.failure_ttl = ttl;
+        self
+    }
+
+    /// A valid token: the cached one, or a new one (one fetch at a time per source); or the
+    /// failure of a fetch that ended less than the failure TTL ago.
     pub async fn token(&self) -> Result<AccessToken, OAuthError> {
         let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref().filter(|c| Instant::now() < c.refresh_at) {
-            return Ok(c.token.clone());
+        let now = Instant::now();
+        match &*cached {
+            CacheState::Token(c) if now < c.refresh_at => return Ok(c.token.clone()),
+            CacheState::Failed { error, until } if now < *until => {
+                return Err(OAuthError::Shared(error.clone()))
+            }
+            _ => {}
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match self.fetch().await {
             Ok(fresh) => {
                 let token = fresh.token.clone();
-                *cached = Some(fresh);
+                *cached = CacheState::Token(fresh);
                 Ok(token)
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                *cached = None;
-                Err(e)
+                let error = Arc::new(e);
+                *cached = CacheState::Failed {
+                    error: error.clone(),
+                    until: Instant::now() + self.failure_ttl,
+                };
+                Err(OAuthError::Shared(error))
             }
         }
     }
@@ -208,8 +281,8 @@ impl TokenSource {
     /// already replaced by a concurrent caller is left alone.
     pub async fn invalidate(&self, token: &AccessToken) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| &c.token == token) {
-            *cached = None;
+        if matches!(&*cached, CacheState::Token(c) if &c.token == token) {
+            *cached = CacheState::Empty;
         }
     }
 
@@ -253,7 +326,7 @@ impl TokenSource {
         }
         let expires_in = response.expires_in();
         tracing::debug!(
-            token_url = %self.token_url,
+            token_url = %redact::url(&self.token_url),
             expires_in_s = expires_in.map(|d| d.as_secs()),
             "OAuth token fetched"
         );

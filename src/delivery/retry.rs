@@ -6,11 +6,15 @@
 //! - a 2xx is delivered; a 3xx, or a 4xx other than 408/425/429 (or any non-standard status),
 //!   gives up at once, as does a destination refused by the address guard;
 //! - everything else is retried on the schedule, whose entries are offsets from the first
-//!   attempt's start, so slow attempts do not push later retries out (a retry whose time has
-//!   passed happens at once);
-//! - jitter and `Retry-After` only ever move a retry later, and never past the budget: no retry
-//!   is scheduled later than `budget` after the first attempt, and once the budget is spent the
-//!   delivery is exhausted.
+//!   attempt's start, so slow attempts do not push later retries out;
+//! - retries stay spaced: after a failed attempt, the next retry waits at least half the
+//!   schedule's own gap before it (half the first offset for the first retry), even when its
+//!   scheduled time has passed. So when a long `Retry-After` (or slow attempts) pushed a retry
+//!   past the times of the next ones, those follow spaced out instead of back to back against
+//!   an endpoint that asked us to slow down;
+//! - jitter, spacing and `Retry-After` only ever move a retry later, and never past the budget:
+//!   no retry is scheduled later than `budget` after the first attempt, and once the budget is
+//!   spent the delivery is exhausted.
 
 use std::time::Duration;
 
@@ -120,7 +124,9 @@ impl RetryPolicy {
         let Some(&scheduled) = self.schedule.get(retries_done) else {
             return Decision::GiveUp(GiveUpReason::Exhausted);
         };
-        if since_first > self.budget {
+        // At the budget, not only past it: a retry clamped to the budget is the last one, and
+        // two retries clamped there would run back to back.
+        if since_first >= self.budget {
             return Decision::GiveUp(GiveUpReason::Exhausted);
         }
 
@@ -129,12 +135,26 @@ impl RetryPolicy {
         } else {
             0.0
         };
-        let mut at = scheduled.saturating_add(self.max_jitter.mul_f64(jitter));
+        let mut at = scheduled
+            .saturating_add(self.max_jitter.mul_f64(jitter))
+            .max(since_first.saturating_add(self.min_spacing(retries_done)));
         if let Some(retry_after) = retry_after {
             at = at.max(since_first.saturating_add(retry_after));
         }
         let at = at.min(self.budget);
         Decision::RetryAfter(at.saturating_sub(since_first))
+    }
+
+    /// The least wait between a failed attempt and retry `n`: half the schedule's gap between
+    /// retry `n - 1` (or the first attempt) and retry `n`.
+    fn min_spacing(&self, n: usize) -> Duration {
+        let previous = n
+            .checked_sub(1)
+            .and_then(|p| self.schedule.get(p))
+            .copied()
+            .unwrap_or(Duration::ZERO);
+        let this = self.schedule.get(n).copied().unwrap_or(previous);
+        this.saturating_sub(previous) / 2
     }
 }
 
@@ -253,11 +273,70 @@ mod tests {
     }
 
     #[test]
-    fn overdue_retry_happens_at_once() {
+    fn overdue_retry_waits_half_its_gap_not_zero() {
         let policy = default_policy(secs(10));
+        // Retry 1 was due at 20 s (+ 5 s jitter); at 45 s it waits half of 20 − 5 s.
         assert_eq!(
             policy.decide(&status(503), 1, secs(45), 0.5),
-            Decision::RetryAfter(Duration::ZERO)
+            Decision::RetryAfter(Duration::from_millis(7500))
+        );
+    }
+
+    /// Issue 7 point 4: a 429 with `Retry-After: 120` at the first attempt pushes retry 0 to
+    /// 121 s, past the times of retries 1–3 (20, 50, 110 s). They must not then run back to
+    /// back: each waits at least half its schedule gap, and all stay within the budget.
+    #[test]
+    fn retries_after_a_long_retry_after_stay_spaced_within_the_budget() {
+        let policy = default_policy(Duration::ZERO);
+        let attempt_takes = Duration::from_millis(100);
+        let mut now = attempt_takes;
+        let mut starts = Vec::new();
+        let mut outcome = AttemptOutcome::Status {
+            code: 429,
+            retry_after: Some(secs(120)),
+        };
+        let reason = loop {
+            match policy.decide(&outcome, starts.len(), now, 0.0) {
+                Decision::RetryAfter(wait) => {
+                    now += wait;
+                    starts.push(now);
+                    now += attempt_takes;
+                    outcome = status(503);
+                }
+                Decision::GiveUp(reason) => break reason,
+                Decision::Delivered => unreachable!("never delivered"),
+            }
+        };
+        assert_eq!(reason, GiveUpReason::Exhausted);
+        assert_eq!(starts[0], Duration::from_millis(120_100), "{starts:?}");
+        for (n, pair) in starts.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= secs(7),
+                "retries {n} and {} {gap:?} apart: {starts:?}",
+                n + 1
+            );
+        }
+        assert!(starts.len() >= 5, "{starts:?}");
+        assert!(starts.iter().all(|t| *t <= policy.budget()), "{starts:?}");
+    }
+
+    #[test]
+    fn spacing_is_half_the_schedule_gap() {
+        let policy = default_policy(Duration::ZERO);
+        let halves: Vec<Duration> = (0..7).map(|n| policy.min_spacing(n)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            halves,
+            [
+                ms(2500),
+                ms(7500),
+                secs(15),
+                secs(30),
+                secs(45),
+                secs(45),
+                Duration::ZERO
+            ]
         );
     }
 
@@ -404,6 +483,40 @@ mod tests {
             retries[4] <= secs(300),
             "fifth retry by five minutes: {retries:?}"
         );
+        assert!(retries.iter().all(|t| *t <= secs(300)), "{retries:?}");
+    }
+
+    /// The dispatcher's loop in paused time against an endpoint that throttles with
+    /// `Retry-After: 120` once, then fails: after the long wait, the retries are spaced (never
+    /// two within 7 s), not fired back to back, and all happen within the budget.
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_retries_after_a_long_retry_after_are_spaced() {
+        let policy = default_policy(secs(5));
+        let first = tokio::time::Instant::now();
+        let mut outcome = AttemptOutcome::Status {
+            code: 429,
+            retry_after: Some(secs(120)),
+        };
+        let mut retries = Vec::new();
+        let reason = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match policy.decide(&outcome, retries.len(), first.elapsed(), 0.3) {
+                Decision::RetryAfter(wait) => {
+                    tokio::time::sleep(wait).await;
+                    retries.push(first.elapsed());
+                    outcome = status(503);
+                }
+                Decision::GiveUp(reason) => break reason,
+                Decision::Delivered => unreachable!("never delivered"),
+            }
+        };
+        assert_eq!(reason, GiveUpReason::Exhausted);
+        assert!(retries[0] >= secs(120), "{retries:?}");
+        assert!(
+            retries.windows(2).all(|w| w[1] - w[0] >= secs(7)),
+            "{retries:?}"
+        );
+        assert!(retries.len() >= 5, "{retries:?}");
         assert!(retries.iter().all(|t| *t <= secs(300)), "{retries:?}");
     }
 }

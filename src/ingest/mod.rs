@@ -3,7 +3,8 @@
 //! Guarantees (at-least-once):
 //! - An offset is committed only when every record below it is done (see [`offsets`]). This
 //!   thread commits the moved watermarks itself, synchronously, once a second, on revoke and at
-//!   shutdown; librdkafka's auto-commit is off. One thread, synchronous commits: a commit can
+//!   shutdown; librdkafka's auto-commit is off. A watermark counts as committed only once the
+//!   broker confirmed it: a failed commit is tried again on the next tick, quiet partition or not. One thread, synchronous commits: a commit can
 //!   never be overtaken by an older one (an auto-commit retried after a rebalance could).
 //! - On revoke, the revoked partitions get `drain_timeout` to finish their in-flight work; what
 //!   is done is committed synchronously before the partitions go, the rest is cancelled and
@@ -182,7 +183,8 @@ impl IngestContext {
             .collect()
     }
 
-    /// Synchronously commits the watermarks of `partitions`.
+    /// Synchronously commits the watermarks of `partitions`; only a commit the broker confirmed
+    /// is recorded as such, so a failed one is tried again on the next tick.
     fn commit(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
         let mut list = TopicPartitionList::new();
         {
@@ -196,8 +198,18 @@ impl IngestContext {
         if list.count() == 0 {
             return;
         }
-        if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
-            warn!(%error, "synchronous commit failed; records after the last commit will be redelivered");
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                let mut tracker = self.progress.lock();
+                for element in list.elements() {
+                    if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
+                        tracker.committed(element.partition(), offset);
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%error, "synchronous commit failed; retried on the next tick (records after the last commit would be redelivered)");
+            }
         }
     }
 }
@@ -368,7 +380,7 @@ impl Ingest {
         }
     }
 
-    /// Commits the watermarks that moved since the last commit.
+    /// Commits the watermarks that differ from the last confirmed commit.
     fn commit_done(&self) {
         let moved: Vec<i32> = self
             .progress

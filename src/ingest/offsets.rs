@@ -31,8 +31,8 @@ struct PartitionState {
     pending: BTreeSet<i64>,
     /// One past the highest offset taken; the watermark when nothing is pending.
     next: Option<i64>,
-    /// The last watermark handed to the consumer for storing.
-    stored: Option<i64>,
+    /// The last watermark the broker confirmed as committed.
+    committed: Option<i64>,
     cancel: CancellationToken,
 }
 
@@ -65,7 +65,7 @@ impl OffsetTracker {
                     epoch,
                     pending: BTreeSet::new(),
                     next: None,
-                    stored: None,
+                    committed: None,
                     cancel: self.shutdown.child_token(),
                 },
             ) {
@@ -116,19 +116,29 @@ impl OffsetTracker {
         state.pending.first().copied().or(state.next)
     }
 
-    /// Watermarks that moved since the last call, to store: `(partition, offset)`.
-    pub fn advanced(&mut self) -> Vec<(i32, i64)> {
-        let mut out = Vec::new();
-        for (&partition, state) in &mut self.partitions {
-            let watermark = state.pending.first().copied().or(state.next);
-            if let Some(w) = watermark {
-                if state.stored != Some(w) {
-                    state.stored = Some(w);
-                    out.push((partition, w));
-                }
-            }
-        }
+    /// Watermarks that differ from the last committed one, to commit: `(partition, offset)`.
+    /// Nothing is marked here: a watermark is reported again on every call until
+    /// [`committed`](Self::committed) records it, so a failed commit is retried on the next tick
+    /// even when the partition is quiet.
+    pub fn advanced(&self) -> Vec<(i32, i64)> {
+        let mut out: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(&partition, state)| {
+                let w = state.pending.first().copied().or(state.next)?;
+                (state.committed != Some(w)).then_some((partition, w))
+            })
+            .collect();
+        out.sort_unstable();
         out
+    }
+
+    /// The broker confirmed the commit of `offset` on `partition` (ignored if the partition was
+    /// revoked meanwhile).
+    pub fn committed(&mut self, partition: i32, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.committed = Some(offset);
+        }
     }
 
     /// Records taken and not done, in one partition.
@@ -177,13 +187,33 @@ mod tests {
     }
 
     #[test]
-    fn advanced_reports_each_move_once() {
+    fn advanced_reports_each_move_until_committed() {
         let mut t = tracker();
         let a = t.take(1, 0).unwrap();
         assert_eq!(t.advanced(), vec![(1, 0)]);
+        t.committed(1, 0);
         assert_eq!(t.advanced(), vec![]);
         t.complete(&a);
         assert_eq!(t.advanced(), vec![(1, 1)]);
+    }
+
+    /// Issue 7 point 7: the commit of a quiet partition fails once; the next tick must try the
+    /// same watermark again, although nothing new was taken or completed.
+    #[test]
+    fn a_failed_commit_is_retried_on_the_next_tick_of_a_quiet_partition() {
+        let mut t = tracker();
+        let a = t.take(0, 41).unwrap();
+        t.complete(&a);
+        let first_tick = t.advanced();
+        assert_eq!(first_tick, vec![(0, 42)]);
+        // The commit failed: nothing is recorded; the partition stays quiet.
+        assert_eq!(t.advanced(), vec![(0, 42)], "retried on the next tick");
+        t.committed(0, 42);
+        assert_eq!(t.advanced(), vec![], "done once committed");
+        // A confirmation for a revoked partition changes nothing.
+        t.revoke([0]);
+        t.committed(0, 50);
+        assert_eq!(t.watermark(0), None);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub high_watermark: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     pub oauth_token_fetches: IntCounterVec,
+    pub oauth_reauthorizations: IntCounterVec,
+    pub output_write_failures: IntCounterVec,
     pub endpoint_failing: IntGaugeVec,
     pub ready: IntGauge,
 }
@@ -135,6 +137,8 @@ impl Metrics {
             high_watermark: gauge_vec(&r, "high_watermark", "High watermark (end offset) of each input partition.", &["partition"]),
             consumer_lag: gauge_vec(&r, "consumer_lag", "Records between the committed offset and the high watermark, per input partition.", &["partition"]),
             oauth_token_fetches: counter_vec(&r, "oauth_token_fetches_total", "OAuth token requests, by organization and result (success, failure).", &["organization", "result"]),
+            oauth_reauthorizations: counter_vec(&r, "oauth_reauthorizations_total", "Requests answered 401 with an OAuth token, then re-sent once with a new token, by organization.", &["organization"]),
+            output_write_failures: counter_vec(&r, "output_write_failures_total", "Failed writes to the dead-letter or rejected topic, by topic (dead_letter, rejected) and reason.", &["topic", "reason"]),
             endpoint_failing: gauge_vec(&r, "endpoint_failing", "1 while an organization's last delivery attempt failed, 0 after a success.", &["organization"]),
             ready: gauge(&r, "ready", "1 when /readyz answers 200."),
             registry: r,
@@ -157,7 +161,14 @@ impl Metrics {
         for reason in ["no_endpoint", "filtered"] {
             self.events_skipped.with_label_values(&[reason]);
         }
+        for topic in crate::deadletter::OutputTopic::ALL {
+            for failure in crate::deadletter::WriteFailure::ALL {
+                self.output_write_failures
+                    .with_label_values(&[topic.code(), failure.code()]);
+            }
+        }
         for org in organizations {
+            self.oauth_reauthorizations.with_label_values(&[org]);
             for outcome in ["delivered", "dead_lettered"] {
                 self.deliveries.with_label_values(&[org, outcome]);
             }

@@ -307,22 +307,27 @@ async fn oauth_a_token_too_short_lived_to_reuse_is_fetched_again() {
 #[tokio::test]
 async fn oauth_401_gets_a_new_token_and_exactly_one_immediate_resend() {
     let (receiver, tokens, deliverer, endpoint) = oauth_setup(AuthStyle::Basic, Some(3600)).await;
+    assert!(!deliverer.attempt(&endpoint, &event()).await.reauthorized);
     receiver.reject_token("tok-1");
-    assert_eq!(
-        deliverer.attempt(&endpoint, &event()).await.outcome,
-        ok(200)
+    let attempt = deliverer.attempt(&endpoint, &event()).await;
+    assert_eq!(attempt.outcome, ok(200));
+    assert!(
+        attempt.reauthorized,
+        "the 401-then-re-send path is reported"
     );
-    assert_eq!(bearers(&receiver), ["Bearer tok-1", "Bearer tok-2"]);
+    assert_eq!(
+        bearers(&receiver),
+        ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
+    );
     assert_eq!(tokens.requests().len(), 2);
 
     // Still 401 with the new token: the attempt reports it, after one re-send only.
     receiver.reject_all_tokens();
+    let attempt = deliverer.attempt(&endpoint, &event()).await;
+    assert_eq!(attempt.outcome, ok(401));
+    assert!(attempt.reauthorized);
     assert_eq!(
-        deliverer.attempt(&endpoint, &event()).await.outcome,
-        ok(401)
-    );
-    assert_eq!(
-        bearers(&receiver)[2..],
+        bearers(&receiver)[3..],
         ["Bearer tok-2".to_owned(), "Bearer tok-3".to_owned()]
     );
     assert_eq!(tokens.requests().len(), 3);
@@ -340,12 +345,124 @@ async fn oauth_token_endpoint_failure_is_an_oauth_token_error_and_recovers() {
     let source = endpoint.token_source().expect("oauth endpoint");
     assert_eq!((source.fetches(), source.failures()), (1, 1));
 
+    // Within the failure TTL the failure is shared: no second request.
     tokens.fail_with(None);
     assert_eq!(
         deliverer.attempt(&endpoint, &event()).await.outcome,
-        ok(200)
+        AttemptOutcome::Failed(AttemptError::OAuthToken)
     );
-    assert_eq!((source.fetches(), source.failures()), (2, 1));
+    assert_eq!(tokens.requests().len(), 1);
+    assert_eq!((source.fetches(), source.failures()), (1, 1));
+}
+
+#[tokio::test]
+async fn oauth_a_shared_failure_expires_after_its_ttl() {
+    let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
+    let source = TokenSource::new(&tokens.settings(None, Vec::new()), deliverer().permissive)
+        .with_url_policy(UrlPolicy {
+            allow_private: true,
+            allow_http: true,
+        })
+        .with_failure_ttl(Duration::from_millis(200));
+    tokens.fail_with(Some(503));
+    assert!(source.token().await.is_err());
+    tokens.fail_with(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let token = loop {
+        match source.token().await {
+            Ok(token) => break token,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(token.secret(), "tok-1");
+    assert_eq!(
+        tokens.requests().len(),
+        2,
+        "one failed request, one good one"
+    );
+}
+
+/// Issue 7 point 5: behind a token endpoint that hangs past the request timeout, concurrent
+/// deliveries used to fetch one after the other (holding their permits) and end as `timeout`.
+/// The one fetch's failure is shared: one request, and every waiter ends `oauth_token`.
+#[tokio::test]
+async fn oauth_a_hanging_token_endpoint_fails_every_waiter_once_as_oauth_token() {
+    let receiver = Receiver::start().await;
+    let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::from_secs(30)).await;
+    let mut settings = organization(receiver.url());
+    settings.oauth = Some(tokens.settings(None, Vec::new()));
+    let deliverer = Deliverer::new(&delivery_settings(Duration::from_millis(400))).unwrap();
+    let endpoint = deliverer.endpoint("acme", Arc::new(settings));
+    let event = event();
+    let concurrent = (0..6).map(|_| deliverer.attempt(&endpoint, &event));
+    for attempt in futures::future::join_all(concurrent).await {
+        assert_eq!(
+            attempt.outcome,
+            AttemptOutcome::Failed(AttemptError::OAuthToken)
+        );
+        assert!(attempt.duration < deliverer.max_attempt_duration());
+    }
+    assert_eq!(
+        tokens.requests().len(),
+        1,
+        "one token request for all waiters"
+    );
+    let source = endpoint.token_source().expect("oauth endpoint");
+    assert_eq!((source.fetches(), source.failures()), (1, 1));
+    assert!(receiver.received().is_empty());
+}
+
+/// Issue 7 point 5: a token URL the address guard refuses ends the attempt `address_refused`
+/// (dead-lettered like an endpoint URL), not `oauth_token` (retried for nothing).
+#[tokio::test]
+async fn oauth_a_token_url_refused_by_the_guard_is_address_refused() {
+    let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
+    // A public literal endpoint (never contacted: the token comes first) and a loopback token
+    // URL, under the strict address rules (plain http allowed, to reach the test server).
+    let mut settings = organization("https://93.184.215.14/hook".parse().unwrap());
+    settings.allow_private_addresses = false;
+    settings.oauth = Some(tokens.settings(None, Vec::new()));
+    let deliverer = deliverer();
+    let endpoint = deliverer.endpoint("acme", Arc::new(settings));
+    let attempt = deliverer.attempt(&endpoint, &event()).await;
+    assert_eq!(
+        attempt.outcome,
+        AttemptOutcome::Failed(AttemptError::AddressRefused)
+    );
+    let policy = RetryPolicy::new(&crate::delivery::testkit::retry_settings());
+    assert_eq!(
+        policy.decide(&attempt.outcome, 0, Duration::from_secs(1), 0.0),
+        Decision::GiveUp(GiveUpReason::AddressRefused)
+    );
+    assert!(tokens.requests().is_empty());
+}
+
+/// Issue 7 point 8: a token URL with a secret in its query string never shows in the error
+/// text or the `Debug` output of the token source.
+#[tokio::test]
+async fn oauth_errors_and_debug_never_show_the_token_url_query() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
+    let settings = crate::config::OAuthSettings {
+        token_url: format!("http://127.0.0.1:{port}/token?api_key=hunter2")
+            .parse()
+            .unwrap(),
+        ..tokens.settings(None, Vec::new())
+    };
+    let source = TokenSource::new(&settings, deliverer().permissive).with_url_policy(UrlPolicy {
+        allow_private: true,
+        allow_http: true,
+    });
+    let error = source.token().await.expect_err("nothing listens there");
+    let shown = format!("{error} {error:?} {source:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(error.attempt_error(), AttemptError::OAuthToken);
 }
 
 #[tokio::test]
@@ -354,10 +471,12 @@ async fn oauth_token_url_is_guarded_like_the_endpoint() {
     let deliverer = deliverer();
     let settings = tokens.settings(None, Vec::new());
     let strict = TokenSource::new(&settings, deliverer.guarded.clone());
-    assert!(matches!(
-        strict.token().await,
-        Err(super::super::OAuthError::Guard(_))
-    ));
+    let refused = strict.token().await.expect_err("refused");
+    assert!(
+        matches!(&refused, super::super::OAuthError::Shared(e) if matches!(**e, super::super::OAuthError::Guard(_))),
+        "{refused:?}"
+    );
+    assert_eq!(refused.attempt_error(), AttemptError::AddressRefused);
     let by_name = TokenSource::new(
         &crate::config::OAuthSettings {
             token_url: format!("http://localhost:{}/token", tokens.addr.port())
@@ -371,7 +490,8 @@ async fn oauth_token_url_is_guarded_like_the_endpoint() {
         allow_private: false,
         allow_http: true,
     });
-    assert!(by_name.token().await.is_err());
+    let refused = by_name.token().await.expect_err("refused at connect time");
+    assert_eq!(refused.attempt_error(), AttemptError::AddressRefused);
     assert!(tokens.requests().is_empty());
     assert_eq!(by_name.failures(), 1);
 }
