@@ -97,12 +97,16 @@ impl ConfigArgs {
     }
 
     /// [`ConfigArgs::load`] for a command: on an invalid configuration, prints why and gives
-    /// the usage exit status (2) to return.
+    /// the usage exit status (2) to return. Configuration warnings are logged.
     pub fn load_or_exit(&self) -> Result<Settings, std::process::ExitCode> {
-        self.load().map_err(|error| {
+        let settings = self.load().map_err(|error| {
             eprintln!("invalid configuration: {error}");
             std::process::ExitCode::from(2)
-        })
+        })?;
+        for warning in crate::config::warnings(&settings) {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
+        Ok(settings)
     }
 }
 

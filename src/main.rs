@@ -41,6 +41,11 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         .expect("clap requires one of them");
     match cli::load_settings(&path, args.brokers.as_deref(), None) {
         Ok(settings) => {
+            // Warnings do not fail the check: the settings load, they just will not work as
+            // the operator probably expects.
+            for warning in config::warnings(&settings) {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", config::render_redacted(&settings));
             Ok(ExitCode::SUCCESS)
         }

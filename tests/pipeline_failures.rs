@@ -19,8 +19,8 @@ use support::service::{organization, Service, Topics};
 
 /// Retries at 100, 200, 300, 400 and 1500 ms after the first attempt: six attempts in all.
 const DOWN_SCHEDULE_MS: [i64; 5] = [100, 200, 300, 400, 1500];
-const DOWN_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "1500ms"], max_jitter = "0s", budget = "5s" }"#;
-const SHORT_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "500ms"], max_jitter = "0s", budget = "5s" }"#;
+const DOWN_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "1500ms"], max_jitter = "0s", budget = "5s", allow_below_minimum = true }"#;
+const SHORT_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "500ms"], max_jitter = "0s", budget = "5s", allow_below_minimum = true }"#;
 
 fn ids_of(records: &[(String, Vec<u8>)]) -> BTreeSet<String> {
     records::events_by_id(records).into_keys().collect()

@@ -23,7 +23,7 @@ const CLIENT_ID: &str = "consent-webhooks";
 const CLIENT_SECRET: &str = "cs_9Zq:/+ %x=VeRy-SeCrEt&7781";
 const SECRET_ENV: &str = "TEST_OAUTH_CLIENT_SECRET";
 const SCOPE: &str = "webhooks:write";
-const SHORT_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "500ms"], max_jitter = "0s", budget = "5s" }"#;
+const SHORT_RETRY: &str = r#"retry = { schedule = ["100ms", "200ms", "300ms", "400ms", "500ms"], max_jitter = "0s", budget = "5s", allow_below_minimum = true }"#;
 
 /// An organization whose endpoint takes tokens from `oauth`.
 fn oauth_organization(id: &str, receiver: &Receiver, oauth: &OAuthServer, extra: &str) -> String {
@@ -231,7 +231,7 @@ async fn rejected_token_is_replaced_and_resent_at_once() {
             "secure",
             &receiver,
             &oauth,
-            r#"retry = { schedule = ["30s", "40s", "50s", "60s", "70s"], max_jitter = "0s", budget = "80s" }"#,
+            r#"retry = { schedule = ["30s", "40s", "50s", "60s", "70s"], max_jitter = "0s", budget = "80s", allow_below_minimum = true }"#,
         );
     let service = start(&config);
     let input = records::users_created("secure", N);

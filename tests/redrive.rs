@@ -16,8 +16,7 @@ use support::schemas::assert_dead_letter;
 use support::service::{organization, Service, Topics};
 
 /// Three attempts (first + two retries), all within two seconds.
-const RETRY: &str =
-    r#"retry = { schedule = ["100ms", "200ms"], max_jitter = "0s", budget = "2s" }"#;
+const RETRY: &str = r#"retry = { schedule = ["100ms", "200ms"], max_jitter = "0s", budget = "2s", allow_below_minimum = true }"#;
 const MARKER_HEADER: &str = "webhook-dead-letter-resolved";
 
 /// What a redrive process printed and how it ended.

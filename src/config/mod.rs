@@ -13,12 +13,14 @@
 //! Layout and every key: `deploy/config.example.toml`.
 
 mod env;
+mod librdkafka;
 mod reader;
 mod render;
 mod secret;
 mod settings;
 mod validate;
 mod validate_org;
+mod warnings;
 
 #[cfg(test)]
 mod tests;
@@ -29,7 +31,9 @@ use std::path::{Path, PathBuf};
 pub use env::ENV_PREFIX;
 pub use render::render_redacted;
 pub use settings::*;
+pub use validate::{meets_minimum, MIN_RETRIES, MIN_RETRY_WINDOW};
 pub use validate_org::RESERVED_HEADERS;
+pub use warnings::{warnings, ConfigWarning};
 
 /// Why the configuration cannot be used. `Display` is meant for operators: key path, what is
 /// wrong, and a valid example line. It never contains a secret value.

@@ -1,6 +1,8 @@
 //! `check-config` output: the validated settings as TOML, every default filled in.
 //!
-//! Guarantee: no secret value is ever written; a secret that is set shows as `"[redacted]"`.
+//! Guarantee: no secret value is ever written; a secret that is set (signing and client
+//! secrets, secret Kafka properties, custom header values given as references) shows as
+//! `"[redacted]"`.
 //! The output uses the file's layout and key names, so it can be diffed against the file.
 
 use std::fmt::Write;
@@ -10,6 +12,7 @@ use toml::Value;
 
 use super::reader::{bare_or_quoted, join};
 use super::settings::*;
+use super::validate::{meets_minimum, retries_within_window};
 use crate::webhook::EventType;
 
 const REDACTED: &str = "[redacted]";
@@ -128,6 +131,17 @@ fn retry_lines(w: &mut String, retry: &RetrySettings) {
     line(w, "schedule", format!("[{}]", schedule.join(", ")));
     line(w, "max_jitter", duration(retry.max_jitter));
     line(w, "budget", duration(retry.budget));
+    // A validated policy below the SPEC minimum was opted out explicitly: show it, so the
+    // output loads back and the weaker promise stays visible.
+    if !meets_minimum(retry) {
+        let _ = writeln!(
+            w,
+            "# below the promised minimum: {} retries within five minutes, budget {}",
+            retries_within_window(retry),
+            humantime::format_duration(retry.budget)
+        );
+        line(w, "allow_below_minimum", "true".into());
+    }
 }
 
 fn section(w: &mut String, path: &str) {
@@ -151,10 +165,13 @@ fn duration(d: Duration) -> String {
     string(&humantime::format_duration(d).to_string())
 }
 
-fn headers(headers: &[(String, String)]) -> String {
+fn headers(headers: &[(String, CustomHeaderValue)]) -> String {
     let pairs: Vec<String> = headers
         .iter()
-        .map(|(name, value)| format!("{} = {}", bare_or_quoted(name), string(value)))
+        .map(|(name, value)| {
+            let shown = value.plain().unwrap_or(REDACTED);
+            format!("{} = {}", bare_or_quoted(name), string(shown))
+        })
         .collect();
     if pairs.is_empty() {
         "{}".into()

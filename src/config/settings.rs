@@ -4,6 +4,7 @@
 //! Secrets are [`SecretString`]s (or a [`SigningKey`]): their `Debug` prints nothing usable.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -86,10 +87,10 @@ pub struct OrganizationSettings {
     pub url: Url,
     /// `None` = every type.
     pub event_types: Option<BTreeSet<EventType>>,
-    /// Regulations delivered; default `{"gdpr"}`.
+    /// Regulations delivered, lower-case; default `{"gdpr"}`. Matched case-insensitively.
     pub regulations: BTreeSet<String>,
     /// Custom headers added to every request (validated names and values).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, CustomHeaderValue)>,
     pub signing_key: Option<SigningKey>,
     pub oauth: Option<OAuthSettings>,
     /// Plain `http://` allowed (development only).
@@ -108,7 +109,7 @@ pub struct OAuthSettings {
     pub scope: Option<String>,
     pub auth_style: AuthStyle,
     /// Extra headers on token requests.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, CustomHeaderValue)>,
 }
 
 impl KafkaSettings {
@@ -155,6 +156,65 @@ impl Default for RetrySettings {
     }
 }
 
+/// The value of a configured custom header: plain text, or a secret (an API key) read from a
+/// `{ env = ".." }` / `{ file = ".." }` reference. A secret value never shows in `Debug` and is
+/// marked sensitive on the request, so HTTP-level logging leaves it out too.
+#[derive(Clone)]
+pub enum CustomHeaderValue {
+    Plain(String),
+    Secret(SecretString),
+}
+
+impl CustomHeaderValue {
+    /// The header value to send (validated when the configuration was loaded).
+    pub fn to_header_value(
+        &self,
+    ) -> Result<reqwest::header::HeaderValue, reqwest::header::InvalidHeaderValue> {
+        use secrecy::ExposeSecret;
+        match self {
+            CustomHeaderValue::Plain(text) => reqwest::header::HeaderValue::from_str(text),
+            CustomHeaderValue::Secret(secret) => {
+                let mut value = reqwest::header::HeaderValue::from_str(secret.expose_secret())?;
+                value.set_sensitive(true);
+                Ok(value)
+            }
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        matches!(self, CustomHeaderValue::Secret(_))
+    }
+
+    /// The plain text, `None` for a secret.
+    pub fn plain(&self) -> Option<&str> {
+        match self {
+            CustomHeaderValue::Plain(text) => Some(text),
+            CustomHeaderValue::Secret(_) => None,
+        }
+    }
+}
+
+impl fmt::Debug for CustomHeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CustomHeaderValue::Plain(text) => fmt::Debug::fmt(text, f),
+            CustomHeaderValue::Secret(_) => f.write_str("Secret([redacted])"),
+        }
+    }
+}
+
+impl From<&str> for CustomHeaderValue {
+    fn from(text: &str) -> Self {
+        CustomHeaderValue::Plain(text.to_owned())
+    }
+}
+
+impl From<String> for CustomHeaderValue {
+    fn from(text: String) -> Self {
+        CustomHeaderValue::Plain(text)
+    }
+}
+
 /// How the client credentials reach the token endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthStyle {
@@ -175,11 +235,21 @@ impl AuthStyle {
 }
 
 impl OrganizationSettings {
-    /// Whether this endpoint wants events of this type and regulation (SPEC §4).
+    /// Whether this endpoint wants events of this type and regulation (SPEC §4). Regulations
+    /// match case-insensitively: `GDPR` in a record is `gdpr` in the filter.
     pub fn accepts(&self, event_type: EventType, regulation: &str) -> bool {
         self.event_types
             .as_ref()
             .is_none_or(|types| types.contains(&event_type))
-            && self.regulations.contains(regulation)
+            && self.accepts_regulation(regulation)
+    }
+
+    fn accepts_regulation(&self, regulation: &str) -> bool {
+        // The filter is stored lower-case; most records already are, so no allocation then.
+        if self.regulations.contains(regulation) {
+            return true;
+        }
+        regulation.chars().any(char::is_uppercase)
+            && self.regulations.contains(&regulation.to_lowercase())
     }
 }

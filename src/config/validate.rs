@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use toml::{Table, Value};
 
 use super::reader::{describe, empty_table, invalid, join, Keys, Node};
 use super::settings::*;
-use super::{secret, validate_org, ConfigError};
+use super::{librdkafka, secret, validate_org, ConfigError};
 use crate::derive::Rules;
 
 /// What validation may read besides the tree: where relative secret files are, and the
@@ -90,7 +91,13 @@ pub(super) const RETRY_KEYS: Keys = &[
     ),
     ("max_jitter", r#"max_jitter = "5s""#),
     ("budget", r#"budget = "5m""#),
+    ("allow_below_minimum", "allow_below_minimum = false"),
 ];
+
+/// SPEC §4: a failed delivery is retried at least this many times ...
+pub const MIN_RETRIES: usize = 5;
+/// ... within this long after the first attempt.
+pub const MIN_RETRY_WINDOW: Duration = Duration::from_secs(300);
 
 /// librdkafka properties that have a dedicated key here, and that key.
 const OWNED_PROPERTIES: [(&str, &str); 2] =
@@ -143,6 +150,7 @@ fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {
 
     let properties = properties(node)?;
     let secret_properties = secret_properties(node, ctx)?;
+    librdkafka::check(node, &group_id, &properties, &secret_properties)?;
     Ok(KafkaSettings {
         brokers: brokers.trim().to_owned(),
         group_id,
@@ -250,6 +258,9 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
     if reqwest::header::HeaderValue::from_str(&user_agent).is_err() {
         return Err(node.err("user_agent", "is not a valid HTTP header value"));
     }
+    let max_pending_records = node.count_or("max_pending_records", d.max_pending_records)?;
+    let max_pending_per_organization =
+        max_pending_per_organization(node, max_pending_records, d.max_pending_per_organization)?;
     Ok(DeliverySettings {
         connect_timeout: node
             .duration("connect_timeout", false)?
@@ -262,11 +273,8 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
         endpoint_concurrency: node.count_or("endpoint_concurrency", d.endpoint_concurrency)?,
         max_in_flight_requests: node
             .count_or("max_in_flight_requests", d.max_in_flight_requests)?,
-        max_pending_records: node.count_or("max_pending_records", d.max_pending_records)?,
-        max_pending_per_organization: node.count_or(
-            "max_pending_per_organization",
-            d.max_pending_per_organization,
-        )?,
+        max_pending_records,
+        max_pending_per_organization,
         drain_timeout: node
             .duration("drain_timeout", false)?
             .unwrap_or(d.drain_timeout),
@@ -279,8 +287,39 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
     })
 }
 
+/// `max_pending_per_organization`: at most `max_pending_records`, where one organization's lane
+/// could otherwise hold every pending record and pause the partitions for everyone. Unset, it is
+/// the default or `max_pending_records`, whichever is lower.
+fn max_pending_per_organization(
+    node: &Node<'_>,
+    max_pending_records: usize,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    const KEY: &str = "max_pending_per_organization";
+    if node.get(KEY).is_none() {
+        return Ok(default.min(max_pending_records));
+    }
+    let per_organization = node.count_or(KEY, default)?;
+    if per_organization > max_pending_records {
+        return Err(invalid(
+            &node.key_path(KEY),
+            format!(
+                "{per_organization} is above {} ({max_pending_records}): one organization \
+                 whose endpoint is down could fill every pending slot and pause all partitions; \
+                 set it at most {max_pending_records} (well below, so other organizations keep \
+                 flowing)",
+                node.key_path("max_pending_records"),
+            ),
+            &format!("{KEY} = {}", (max_pending_records / 2).max(1)),
+        ));
+    }
+    Ok(per_organization)
+}
+
 /// A retry policy: keys given in `node`, the rest from `base` (described as `base_name`).
-/// Schedule: at least one entry, strictly increasing, none later than the budget.
+/// Schedule: at least one entry, strictly increasing, none later than the budget. Unless the
+/// table itself sets `allow_below_minimum = true` (the opt-out is not inherited), the policy
+/// must keep SPEC §4's promise: see [`check_minimum`].
 pub(super) fn retry(
     node: &Node<'_>,
     base: &RetrySettings,
@@ -296,7 +335,7 @@ pub(super) fn retry(
             .unwrap_or(base.max_jitter),
         budget: node.duration("budget", false)?.unwrap_or(base.budget),
     };
-    let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let allow_below_minimum = node.bool_or("allow_below_minimum", false)?;
     if retry.schedule.is_empty() {
         return Err(node.err("schedule", "must have at least one retry"));
     }
@@ -326,5 +365,62 @@ pub(super) fn retry(
             ),
         ));
     }
+    if !allow_below_minimum {
+        check_minimum(node, &retry)?;
+    }
     Ok(retry)
+}
+
+/// How many retries of `retry` start within [`MIN_RETRY_WINDOW`] of the first attempt, whatever
+/// the jitter (jitter never moves a retry past the budget).
+pub fn retries_within_window(retry: &RetrySettings) -> usize {
+    retry
+        .schedule
+        .iter()
+        .filter(|at| (**at + retry.max_jitter).min(retry.budget) <= MIN_RETRY_WINDOW)
+        .count()
+}
+
+/// Whether `retry` keeps SPEC §4's promise: a budget of at least five minutes and at least
+/// five retries that start within five minutes.
+pub fn meets_minimum(retry: &RetrySettings) -> bool {
+    retry.budget >= MIN_RETRY_WINDOW && retries_within_window(retry) >= MIN_RETRIES
+}
+
+/// Refuses a policy that cannot keep SPEC §4's promise (at least five retries within five
+/// minutes), naming the opt-out for tests and development.
+fn check_minimum(node: &Node<'_>, retry: &RetrySettings) -> Result<(), ConfigError> {
+    let opt_out = format!(
+        "or set {} = true to accept fewer (tests and development only)",
+        node.key_path("allow_below_minimum")
+    );
+    if retry.budget < MIN_RETRY_WINDOW {
+        return Err(node.err(
+            "budget",
+            format!(
+                "{} is under five minutes, but every failed delivery is promised at least \
+                 {MIN_RETRIES} retries within five minutes (SPEC §4); use at least \"5m\", {opt_out}",
+                show(retry.budget)
+            ),
+        ));
+    }
+    let within = retries_within_window(retry);
+    if within < MIN_RETRIES {
+        let shown: Vec<String> = retry.schedule.iter().map(|d| show(*d)).collect();
+        return Err(node.err(
+            "schedule",
+            format!(
+                "[{}] with max_jitter {} gives {within} retries within five minutes of the first \
+                 attempt, but at least {MIN_RETRIES} are promised (SPEC §4); add retries before \
+                 5m (jitter included), {opt_out}",
+                shown.join(", "),
+                show(retry.max_jitter)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::HeaderName;
 use reqwest::Url;
 use toml::Value;
 
-use super::reader::{describe, invalid, join, Keys, Node};
+use super::reader::{bare_or_quoted, describe, invalid, join, Keys, Node};
 use super::settings::*;
 use super::validate::{retry, Ctx, RETRY_KEYS};
 use super::{secret, ConfigError};
@@ -24,7 +24,10 @@ pub(super) const ORG_KEYS: Keys = &[
         r#"event_types = ["user.updated", "event.created"]"#,
     ),
     ("regulations", r#"regulations = ["gdpr"]"#),
-    ("headers", r#"headers = { "X-Tenant" = "acme" }"#),
+    (
+        "headers",
+        r#"headers = { "X-Tenant" = "acme", "X-Api-Key" = { env = "ACME_API_KEY" } }"#,
+    ),
     (
         "signing_secret",
         r#"signing_secret = { env = "ACME_SIGNING_SECRET" }"#,
@@ -34,7 +37,7 @@ pub(super) const ORG_KEYS: Keys = &[
     ("concurrency", "concurrency = 16"),
     (
         "retry",
-        r#"retry = { schedule = ["10s", "1m", "4m"], budget = "5m" }"#,
+        r#"retry = { schedule = ["10s", "30s", "1m", "2m", "3m", "4m"], budget = "5m" }"#,
     ),
     (
         "oauth",
@@ -54,7 +57,10 @@ pub(super) const OAUTH_KEYS: Keys = &[
     ),
     ("scope", r#"scope = "webhooks:write""#),
     ("auth_style", r#"auth_style = "basic""#),
-    ("headers", r#"headers = { "X-Api-Version" = "2" }"#),
+    (
+        "headers",
+        r#"headers = { "X-Api-Version" = "2", "X-Api-Key" = { env = "ACME_TOKEN_API_KEY" } }"#,
+    ),
 ];
 
 const ORG_EXAMPLE: &str = r#"organizations.acme = { url = "https://hooks.example.com/consent" }"#;
@@ -135,7 +141,8 @@ fn organization(
         Some(r) if r.is_empty() => {
             return Err(node.err("regulations", "must list at least one regulation"))
         }
-        Some(r) => r.into_iter().collect(),
+        // Records spell regulations in any case (`GDPR`); filters match case-insensitively.
+        Some(r) => r.into_iter().map(|r| r.trim().to_lowercase()).collect(),
     };
 
     let signing_key = match secret::read(node, "signing_secret", ctx)? {
@@ -172,7 +179,7 @@ fn organization(
         url,
         event_types,
         regulations,
-        headers: headers(node, "headers")?,
+        headers: headers(node, "headers", ctx)?,
         signing_key,
         oauth,
         allow_http,
@@ -205,7 +212,7 @@ fn oauth(
         client_secret: client_secret.value,
         scope: node.nonempty_string("scope")?,
         auth_style,
-        headers: headers(node, "headers")?,
+        headers: headers(node, "headers", ctx)?,
     })
 }
 
@@ -243,8 +250,14 @@ fn http_url(node: &Node<'_>, key: &str, allow_http: &(bool, String)) -> Result<U
     Ok(url)
 }
 
-/// Custom headers: valid names and values, none of the [`RESERVED_HEADERS`].
-fn headers(node: &Node<'_>, key: &str) -> Result<Vec<(String, String)>, ConfigError> {
+/// Custom headers: valid names and values, none of the [`RESERVED_HEADERS`]. A value is a plain
+/// string, or a secret reference (`{ env = ".." }` / `{ file = ".." }`) for API keys; a header
+/// whose name says it carries a credential must be a reference.
+fn headers(
+    node: &Node<'_>,
+    key: &str,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<(String, CustomHeaderValue)>, ConfigError> {
     let Some(table) = node.table(key)? else {
         return Ok(Vec::new());
     };
@@ -261,14 +274,66 @@ fn headers(node: &Node<'_>, key: &str) -> Result<Vec<(String, String)>, ConfigEr
                 RESERVED_HEADERS.join(", ")
             )));
         }
-        let Value::String(text) = value else {
-            return Err(err(format!("expected a string, found {}", describe(value))));
+        let value = match value {
+            Value::String(text) => {
+                if let Some(word) = credential_word(name) {
+                    return Err(err(format!(
+                        "{name:?} carries a credential (its name contains {word:?}): the value \
+                         must not be written in the config file; use {{ env = \"VAR\" }} or \
+                         {{ file = \"/path\" }}"
+                    )));
+                }
+                CustomHeaderValue::Plain(text.clone())
+            }
+            Value::Table(_) => {
+                let example = format!(r#"{} = {{ env = "ACME_API_KEY" }}"#, bare_or_quoted(name));
+                let secret = secret::read_value(value, &path, &example, ctx)?;
+                CustomHeaderValue::Secret(secret.value)
+            }
+            other => {
+                return Err(err(format!(
+                    "expected a string, or {{ env = \"VAR\" }} / {{ file = \"/path\" }} for a \
+                     secret, found {}",
+                    describe(other)
+                )))
+            }
         };
         // The value is not quoted back: custom headers sometimes carry tokens.
-        if HeaderValue::from_str(text).is_err() {
-            return Err(err("the value is not a valid HTTP header value".into()));
+        if value.to_header_value().is_err() {
+            let what = if value.is_secret() {
+                "the secret's value"
+            } else {
+                "the value"
+            };
+            return Err(err(format!("{what} is not a valid HTTP header value")));
         }
-        out.push((name.clone(), text.clone()));
+        out.push((name.clone(), value));
     }
     Ok(out)
+}
+
+/// Name segments that mark a header carrying a credential (`X-Api-Key`, `X-Auth-Token`, ...).
+const CREDENTIAL_WORDS: [&str; 12] = [
+    "key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "auth",
+    "credential",
+    "credentials",
+    "cookie",
+    "session",
+    "signature",
+];
+
+/// The credential word in a header name, if any (segments split on `-`, `_` and `.`).
+fn credential_word(name: &str) -> Option<&'static str> {
+    name.split(['-', '_', '.']).find_map(|segment| {
+        CREDENTIAL_WORDS
+            .iter()
+            .find(|w| segment.eq_ignore_ascii_case(w))
+            .copied()
+    })
 }

@@ -172,7 +172,7 @@ impl Deliverer {
         for (name, value) in &settings.headers {
             match (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
+                value.to_header_value(),
             ) {
                 (Ok(name), Ok(value)) => {
                     headers.append(name, value);

@@ -212,7 +212,7 @@ impl TokenSource {
             .map(|(name, value)| {
                 let parsed = (
                     HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
+                    value.to_header_value(),
                 );
                 match parsed {
                     (Ok(name), Ok(value)) => Ok((name, value)),

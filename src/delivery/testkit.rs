@@ -237,7 +237,11 @@ impl TokenServer {
         self.state.requests.lock().unwrap().clone()
     }
 
-    pub fn settings(&self, scope: Option<&str>, headers: Vec<(String, String)>) -> OAuthSettings {
+    pub fn settings(
+        &self,
+        scope: Option<&str>,
+        headers: Vec<(String, crate::config::CustomHeaderValue)>,
+    ) -> OAuthSettings {
         OAuthSettings {
             token_url: self.url(),
             client_id: CLIENT_ID.to_owned(),

@@ -57,6 +57,22 @@ fn rows() -> Vec<(String, &'static str, &'static str)> {
         (with("[delivery.retry]\nschedule = [\"5s\", \"6m\"]"), "delivery.retry.schedule", "the schedule ends at 6m, later than the budget 5m"),
         (with("[delivery.retry]\nbudget = \"1m\""), "delivery.retry.budget", "the default schedule ends at 4m 50s, later than the budget 1m"),
         (with("[delivery.retry]\nmax_jitter = \"x\""), "delivery.retry.max_jitter", "is not a duration"),
+        // Retry policies that cannot keep SPEC §4's "five retries within five minutes".
+        (with("[delivery.retry]\nschedule = [\"5s\", \"20s\", \"50s\", \"110s\", \"200s\"]\nbudget = \"4m\""), "delivery.retry.budget", "4m is under five minutes"),
+        (with("[delivery.retry]\nschedule = [\"5s\", \"20s\", \"50s\", \"110s\", \"200s\"]\nbudget = \"4m\""), "delivery.retry.budget", "or set delivery.retry.allow_below_minimum = true"),
+        (with("[delivery.retry]\nschedule = [\"5s\", \"20s\", \"50s\", \"110s\"]"), "delivery.retry.schedule", "gives 4 retries within five minutes"),
+        (with("[delivery.retry]\nschedule = [\"5s\", \"20s\", \"50s\", \"110s\", \"6m\"]\nbudget = \"10m\""), "delivery.retry.schedule", "gives 4 retries within five minutes"),
+        (with("[delivery.retry]\nschedule = [\"1m\", \"2m\", \"3m\", \"4m\", \"5m\"]\nmax_jitter = \"5s\"\nbudget = \"10m\""), "delivery.retry.schedule", "with max_jitter 5s gives 4 retries"),
+        (with("[delivery.retry]\nallow_below_minimum = 1"), "delivery.retry.allow_below_minimum", "expected true or false"),
+        (with("[delivery]\nmax_pending_records = 100\nmax_pending_per_organization = 200"), "delivery.max_pending_per_organization", "200 is above delivery.max_pending_records (100)"),
+        (with("[delivery]\nmax_pending_records = 100\nmax_pending_per_organization = 200"), "delivery.max_pending_per_organization", "Example: max_pending_per_organization = 50"),
+        (with("[delivery]\nmax_pending_per_organization = 20001"), "delivery.max_pending_per_organization", "above delivery.max_pending_records (20000)"),
+        // librdkafka judges the pass-through properties.
+        (with("[kafka.properties]\n\"session.timout.ms\" = \"6000\""), "kafka.properties.\"session.timout.ms\"", "librdkafka has no property \"session.timout.ms\""),
+        (with("[kafka.properties]\n\"session.timeout.ms\" = \"soon\""), "kafka.properties.\"session.timeout.ms\"", "librdkafka refuses it"),
+        (with("[kafka.properties]\n\"security.protocol\" = \"SASL_TLS\""), "kafka.properties.\"security.protocol\"", "librdkafka refuses it"),
+        (with("[kafka.secret_properties]\n\"sasl.passwrd\" = { env = \"KAFKA_SASL_PASSWORD\" }"), "kafka.secret_properties.\"sasl.passwrd\"", "librdkafka has no property"),
+        (with("[kafka.properties]\n\"enable.idempotence\" = true\n\"acks\" = \"1\""), "kafka.properties.\"enable.idempotence\"", "librdkafka cannot create a client"),
         // Organizations.
         (format!("{MIN}[organizations.acme]\nallow_http = true"), "organizations.acme.url", "required key is missing"),
         (format!("{MIN}[organizations]\nacme = \"https://x.example\""), "organizations.acme", "expected a table"),
@@ -75,6 +91,11 @@ fn rows() -> Vec<(String, &'static str, &'static str)> {
         (org("headers = { \"bad header\" = \"x\" }"), "organizations.acme.headers.\"bad header\"", "not a valid HTTP header name"),
         (org("headers = { \"X-A\" = \"a\\nb\" }"), "organizations.acme.headers.X-A", "not a valid HTTP header value"),
         (org("headers = { \"X-A\" = 1 }"), "organizations.acme.headers.X-A", "expected a string"),
+        (org("headers = { \"X-Api-Key\" = \"k-123\" }"), "organizations.acme.headers.X-Api-Key", "carries a credential (its name contains \"key\")"),
+        (org("headers = { \"X-Auth-Token\" = \"t\" }"), "organizations.acme.headers.X-Auth-Token", "use { env = \"VAR\" } or { file = \"/path\" }"),
+        (org("headers = { \"X-A\" = { env = \"NOPE_UNSET\" } }"), "organizations.acme.headers.X-A", "environment variable NOPE_UNSET is not set"),
+        (org("headers = { \"X-A\" = { vault = \"x\" } }"), "organizations.acme.headers.X-A.vault", "unknown key"),
+        (org("headers = { \"X-A\" = { env = \"BAD_HEADER_SECRET\" } }"), "organizations.acme.headers.X-A", "the secret's value is not a valid HTTP header value"),
         (org("headers = \"X-A: 1\""), "organizations.acme.headers", "expected a table"),
         (org("signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""), "organizations.acme.signing_secret", "use { env = \"VAR\" } or { file = \"/path\" }"),
         (org("signing_secret = 5"), "organizations.acme.signing_secret", "expected { env = \"VAR\" } or { file = \"/path\" }"),
@@ -92,6 +113,10 @@ fn rows() -> Vec<(String, &'static str, &'static str)> {
         (org("retry = { budget = \"1m\" }"), "organizations.acme.retry.budget", "delivery.retry.schedule ends at 4m 50s"),
         (org("retry = { schedule = [\"1s\", \"1s\"] }"), "organizations.acme.retry.schedule", "strictly increasing"),
         (org("retry = { tries = 3 }"), "organizations.acme.retry.tries", "valid keys"),
+        (org("retry = { schedule = [\"1s\", \"2s\"], budget = \"5s\" }"), "organizations.acme.retry.budget", "or set organizations.acme.retry.allow_below_minimum = true"),
+        (org("retry = { schedule = [\"1s\", \"2s\", \"3s\"] }"), "organizations.acme.retry.schedule", "gives 3 retries within five minutes"),
+        // The opt-out of [delivery.retry] is not inherited by an organization's own `retry`.
+        (format!("{MIN}[delivery.retry]\nschedule = [\"1s\"]\nbudget = \"5s\"\nallow_below_minimum = true\n[organizations.acme]\nurl = \"https://a.example\"\nretry = {{ max_jitter = \"0s\" }}"), "organizations.acme.retry.budget", "5s is under five minutes"),
         (org("[organizations.acme.oauth]\nclient_id = \"c\"\nclient_secret = { env = \"ACME_OAUTH_CLIENT_SECRET\" }"), "organizations.acme.oauth.token_url", "required key is missing"),
         (oauth("").replace("https://auth.example/t", "http://auth.example/t"), "organizations.acme.oauth.token_url", "set organizations.acme.allow_http = true"),
         (oauth("").replace("https://auth.example/t", "ftp://x"), "organizations.acme.oauth.token_url", "not an http(s) URL"),
@@ -101,6 +126,7 @@ fn rows() -> Vec<(String, &'static str, &'static str)> {
         (oauth("auth_style = \"header\""), "organizations.acme.oauth.auth_style", "not one of: basic, request_body"),
         (oauth("scope = \"\""), "organizations.acme.oauth.scope", "must not be empty"),
         (oauth("headers = { Authorization = \"Bearer x\" }"), "organizations.acme.oauth.headers.Authorization", "set by the service"),
+        (oauth("headers = { \"X-Client-Secret\" = \"s\" }"), "organizations.acme.oauth.headers.X-Client-Secret", "carries a credential"),
         (oauth("grant_type = \"password\""), "organizations.acme.oauth.grant_type", "valid keys in [organizations.acme.oauth]"),
     ]
 }
