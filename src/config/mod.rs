@@ -2,13 +2,16 @@
 //!
 //! Guarantee: a [`Settings`] exists only if every key in the file and in the
 //! `CONSENT_WEBHOOKS__*` overrides is known, well typed and passes its checks (including the
-//! cross-field ones: distinct topics, retry schedule inside its budget, HTTPS unless allowed).
-//! Any failure is one [`ConfigError`] that names the key path (e.g.
+//! cross-field ones: distinct topics, retry schedule inside its budget and at least five retries
+//! within five minutes unless opted out, a lane limit no larger than the global one, HTTPS unless
+//! allowed, Kafka properties librdkafka accepts). Settings that load but cannot work as meant are
+//! reported by [`warnings`]. Any failure is one [`ConfigError`] that names the key path (e.g.
 //! `organizations.acme.oauth.token_url`) and shows a valid example line.
 //!
-//! Secrets (signing secrets, OAuth client secrets, secret Kafka properties) are never accepted
-//! in clear in the file: only as `{ env = "VAR" }` or `{ file = "/path" }`. Their values never
-//! appear in errors, in [`render_redacted`] or in `Debug` output.
+//! Secrets (signing secrets, OAuth client secrets, secret Kafka properties, custom header values
+//! given as references) are never accepted in clear in the file: only as `{ env = "VAR" }` or
+//! `{ file = "/path" }`. Their values never appear in errors, in [`render_redacted`] or in
+//! `Debug` output.
 //!
 //! Layout and every key: `deploy/config.example.toml`.
 
@@ -16,6 +19,7 @@ mod env;
 mod librdkafka;
 mod reader;
 mod render;
+mod retry_policy;
 mod secret;
 mod settings;
 mod validate;
@@ -30,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 pub use env::ENV_PREFIX;
 pub use render::render_redacted;
+pub use retry_policy::{meets_minimum, MIN_RETRIES, MIN_RETRY_WINDOW};
 pub use settings::*;
-pub use validate::{meets_minimum, MIN_RETRIES, MIN_RETRY_WINDOW};
 pub use validate_org::RESERVED_HEADERS;
 pub use warnings::{warnings, ConfigWarning};
 

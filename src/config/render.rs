@@ -11,8 +11,8 @@ use std::time::Duration;
 use toml::Value;
 
 use super::reader::{bare_or_quoted, join};
+use super::retry_policy::{meets_minimum, retries_within_window};
 use super::settings::*;
-use super::validate::{meets_minimum, retries_within_window};
 use crate::webhook::EventType;
 
 const REDACTED: &str = "[redacted]";

@@ -12,8 +12,9 @@ use reqwest::Url;
 use toml::Value;
 
 use super::reader::{bare_or_quoted, describe, invalid, join, Keys, Node};
+use super::retry_policy::{retry, RETRY_KEYS};
 use super::settings::*;
-use super::validate::{retry, Ctx, RETRY_KEYS};
+use super::validate::Ctx;
 use super::{secret, ConfigError};
 use crate::webhook::{EventType, SigningKey};
 

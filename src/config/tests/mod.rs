@@ -179,7 +179,7 @@ fn example_file_documents_every_key() {
         ("server", validate::SERVER_KEYS),
         ("rules", validate::RULES_KEYS),
         ("delivery", validate::DELIVERY_KEYS),
-        ("retry", validate::RETRY_KEYS),
+        ("retry", retry_policy::RETRY_KEYS),
         ("organization", validate_org::ORG_KEYS),
         ("oauth", validate_org::OAUTH_KEYS),
     ];
@@ -214,7 +214,7 @@ fn every_example_line_is_valid_toml() {
         validate::SERVER_KEYS,
         validate::RULES_KEYS,
         validate::DELIVERY_KEYS,
-        validate::RETRY_KEYS,
+        retry_policy::RETRY_KEYS,
         validate_org::ORG_KEYS,
         validate_org::OAUTH_KEYS,
         secret::SECRET_KEYS,
