@@ -3,7 +3,7 @@
 //! - `/healthz`: 200 while the process serves requests at all (liveness).
 //! - `/readyz`: 200 while the consumer has partitions assigned, or is in the group waiting for
 //!   them with a live broker connection, and is not draining; 503 otherwise (readiness).
-//! - `/metrics`: the Prometheus text format.
+//! - `/metrics`: the Prometheus text format: the service's metrics, then `process_*`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -84,6 +84,6 @@ async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        health.metrics.render(),
+        health.metrics.render() + &super::process::render(),
     )
 }

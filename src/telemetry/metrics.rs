@@ -53,7 +53,7 @@ const E2E_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-const PREFIX: &str = "consent_webhooks";
+pub(super) const PREFIX: &str = "consent_webhooks";
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::with_opts(Opts::new(name, help).namespace(PREFIX)).expect("valid metric");
@@ -94,6 +94,7 @@ impl Metrics {
     /// their series exist (at zero) from the start.
     pub fn new<'a>(organizations: impl IntoIterator<Item = &'a str>) -> Self {
         let r = Registry::new();
+        super::process::register(&r);
         let attempt_duration = HistogramVec::new(
             HistogramOpts::new(
                 "delivery_attempt_duration_seconds",

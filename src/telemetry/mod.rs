@@ -1,4 +1,5 @@
-//! Telemetry: logs ([`init_logging`]), Prometheus [`metrics`], and the [`health`] server.
+//! Telemetry: logs ([`init_logging`]), Prometheus [`metrics`] (with [`process`] metrics), and the
+//! [`health`] server.
 //!
 //! Logs: `tracing`, JSON lines when stderr is not a terminal (or with `--log-format json`),
 //! readable text on a terminal. Level from `RUST_LOG` (default `info`).
@@ -7,6 +8,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod process;
 
 pub use metrics::Metrics;
 
