@@ -32,19 +32,24 @@ COPY benches ./benches
 ARG CARGO_NET_OFFLINE=false
 RUN CARGO_NET_OFFLINE="${CARGO_NET_OFFLINE}" cargo build --release --locked --bin consent-webhooks \
  && install -D -m 0755 target/release/consent-webhooks /rootfs/usr/local/bin/consent-webhooks
-# The runtime file system: the binary's shared libraries (and those of the SASL GSSAPI plugin,
-# which libsasl2 loads at run time), CA certificates, the non-root user, busybox for the
-# HEALTHCHECK only.
+# The runtime file system: the binary (debug info stripped, symbols kept for backtraces), its
+# shared libraries and those of the SASL GSSAPI plugin, which libsasl2 loads at run time (each
+# at its real path under /usr, with its soname link; /lib and /lib64 are links to /usr as on
+# bookworm, where the dynamic loader is looked up), CA certificates, the non-root user, busybox
+# for the HEALTHCHECK only.
 RUN set -eu; \
+    objcopy --strip-debug /rootfs/usr/local/bin/consent-webhooks; \
+    ln -s usr/lib /rootfs/lib; ln -s usr/lib64 /rootfs/lib64; \
     plugins="$(find /usr/lib -path '*/sasl2/libgssapiv2.so*' -type f)"; \
     for object in /rootfs/usr/local/bin/consent-webhooks $plugins; do \
       ldd "$object" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'; \
     done | sort -u | while read -r lib; do \
-      install -D -m 0644 "$lib" "/rootfs$lib"; \
-      real="$(readlink -f "$lib")"; [ "$real" = "$lib" ] || install -D -m 0644 "$real" "/rootfs$real"; \
+      real="$(readlink -f "$lib")"; \
+      install -D -m 0755 "$real" "/rootfs$real"; \
+      dir="$(readlink -f "$(dirname "$lib")")"; link="$dir/$(basename "$lib")"; \
+      if [ "$link" != "$real" ]; then mkdir -p "/rootfs$dir"; ln -sf "$real" "/rootfs$link"; fi; \
     done; \
     for plugin in $plugins; do install -D -m 0644 "$plugin" "/rootfs$plugin"; done; \
-    chmod 0755 /rootfs/lib64/ld-linux-x86-64.so.2 2>/dev/null || true; \
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt; \
     install -D -m 0755 /bin/busybox /rootfs/usr/local/bin/busybox; \
     printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > /rootfs/etc/passwd; \
@@ -52,7 +57,7 @@ RUN set -eu; \
     printf 'hosts: files dns\n' > /rootfs/etc/nsswitch.conf; \
     install -d -m 0755 /rootfs/etc/consent-webhooks; \
     install -d -m 1777 /rootfs/tmp; \
-    /rootfs/usr/local/bin/consent-webhooks --version
+    chroot /rootfs /usr/local/bin/consent-webhooks --version
 
 FROM scratch AS runtime
 COPY --from=build /rootfs/ /
@@ -61,9 +66,10 @@ ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     CONSENT_WEBHOOKS_LOG_FORMAT=json
 USER 65532:65532
 EXPOSE 9464
-# /healthz on the default `server.listen` port; busybox's wget fails on anything but a 2xx.
+# /healthz on the default `server.listen` port; busybox's wget fails on anything but a 2xx. No
+# `wget -T`: Debian's static busybox 1.35 crashes with it; --timeout bounds the check instead.
 # A configuration listening elsewhere overrides this (docker run --health-cmd ...).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["/usr/local/bin/busybox", "wget", "-q", "-T", "2", "-O", "/dev/null", "http://127.0.0.1:9464/healthz"]
+  CMD ["/usr/local/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9464/healthz"]
 ENTRYPOINT ["/usr/local/bin/consent-webhooks"]
 CMD ["run"]

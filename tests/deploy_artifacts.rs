@@ -643,16 +643,48 @@ fn readme_managed_kafka_examples_pass_check_config() {
         examples.len() >= 4,
         "README: MSK, Confluent PLAIN and OIDC, Aiven examples"
     );
+    // librdkafka loads `ssl.*.location` files when check-config builds a client: a real
+    // (self-signed) certificate and key stand in for the provider's.
+    let pki = tempfile::tempdir().unwrap();
+    let (cert, key) = (pki.path().join("cert.pem"), pki.path().join("key.pem"));
+    artifacts::run(
+        Path::new("openssl"),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        None,
+        "openssl (Debian package openssl)",
+    );
     for example in examples {
         let config: toml::Value = toml::from_str(example).unwrap();
-        let secret_files = artifacts::secret_file_references(&config)
-            .into_iter()
-            .map(|path| {
-                let file = tempfile::NamedTempFile::new().unwrap().into_temp_path();
-                std::fs::write(&file, "not-a-real-secret\n").unwrap();
-                (path, file.keep().unwrap())
-            })
-            .collect();
-        check_config_with_secret_files(example, &secret_files, "README example");
+        let mut files: BTreeMap<String, std::path::PathBuf> =
+            artifacts::secret_file_references(&config)
+                .into_iter()
+                .map(|path| {
+                    let file = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+                    std::fs::write(&file, "not-a-real-secret\n").unwrap();
+                    (path, file.keep().unwrap())
+                })
+                .collect();
+        let properties = config["kafka"]["properties"].as_table().unwrap();
+        for (name, value) in properties {
+            if name.ends_with(".location") {
+                let stand_in = if name.contains("key") { &key } else { &cert };
+                files.insert(value.as_str().unwrap().to_owned(), stand_in.clone());
+            }
+        }
+        check_config_with_secret_files(example, &files, "README example");
     }
 }
