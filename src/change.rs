@@ -9,6 +9,12 @@
 //! Only the fields the contract names are looked at: the record's own fields, and in each entity
 //! `id`, `organization_id`, `status` and `regulation`. Unknown top-level fields are ignored, so
 //! the platform can add fields without breaking delivery.
+//!
+//! Fail closed: every check sees every member of an entity, whatever the nesting before it.
+//! A record that a strict reader could read differently is rejected, never guessed at: nesting
+//! deeper than [`rawjson::MAX_DEPTH`] levels anywhere (`too_deep`), a lone UTF-16 surrogate
+//! escape (`invalid_json`), or a checked entity field given twice (`duplicate_key`: a receiver
+//! reading the first copy must never see another organization than the one we checked).
 
 use std::borrow::Cow;
 
@@ -101,6 +107,10 @@ pub enum Rejection {
     },
     #[error("`before.id` {before} differs from `after.id` {after}")]
     IdMismatch { before: String, after: String },
+    #[error("nested deeper than {max} levels", max = rawjson::MAX_DEPTH)]
+    TooDeep,
+    #[error("field `{0}` appears more than once")]
+    DuplicateKey(String),
     #[error(
         "`{field}` {found} differs from the record's organization_id {expected} (cross-tenant)"
     )]
@@ -124,12 +134,14 @@ impl Rejection {
             Rejection::InvalidTimestamp(_) => "invalid_timestamp",
             Rejection::MissingEntity { .. } => "missing_entity",
             Rejection::IdMismatch { .. } => "id_mismatch",
+            Rejection::TooDeep => "too_deep",
+            Rejection::DuplicateKey(_) => "duplicate_key",
             Rejection::CrossTenant { .. } => "cross_tenant",
         }
     }
 
     /// Every code [`Rejection::code`] can return, for pre-registering metric series.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 12] = [
         "invalid_json",
         "not_object",
         "missing_field",
@@ -139,6 +151,8 @@ impl Rejection {
         "invalid_timestamp",
         "missing_entity",
         "id_mismatch",
+        "too_deep",
+        "duplicate_key",
         "cross_tenant",
     ];
 }
@@ -208,6 +222,18 @@ impl<'a> ConsentChange<'a> {
         // On an object, the only non-syntax error is a duplicate key.
         let record: RawRecord<'a> =
             serde_json::from_str(text).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+        // serde_json's raw reading checks neither depth nor surrogates: refuse what a full
+        // reading would refuse, before any field is looked at.
+        rawjson::check_structure(text).map_err(|malformed| match malformed {
+            rawjson::Malformed::TooDeep => Rejection::TooDeep,
+            rawjson::Malformed::LoneSurrogate => {
+                Rejection::InvalidJson("a \\u escape holds a lone UTF-16 surrogate".into())
+            }
+            rawjson::Malformed::NumberOutOfRange => {
+                Rejection::InvalidJson("a number is out of range".into())
+            }
+            rawjson::Malformed::Broken => Rejection::InvalidJson("unbalanced JSON".into()),
+        })?;
 
         let id = required_string("id", record.id)?;
         let organization_id = required_string("organization_id", record.organization_id)?;
@@ -348,15 +374,20 @@ fn optional_entity<'a>(
         });
     }
     // Validated JSON already (it is a RawValue): read the top-level members without a tree.
+    // `members` returns all of them or none, so no check can be cut short by what precedes.
+    let members = rawjson::members(raw.get())
+        .ok_or_else(|| Rejection::InvalidJson(format!("`{field}` is not a readable object")))?;
     let (mut id, mut org, mut status, mut regulation) = (None, None, None, None);
-    for (key, value) in rawjson::members(raw.get()) {
-        // The last occurrence wins, as in serde_json's own maps.
-        match &*key {
-            "id" => id = Some(value),
-            "organization_id" => org = Some(value),
-            "status" => status = Some(value),
-            "regulation" => regulation = Some(value),
-            _ => {}
+    for (key, value) in members {
+        let slot = match &*key {
+            "id" => &mut id,
+            "organization_id" => &mut org,
+            "status" => &mut status,
+            "regulation" => &mut regulation,
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(Rejection::DuplicateKey(format!("{field}.{key}")));
         }
     }
     let id = match id.filter(|v| *v != "null") {

@@ -45,7 +45,16 @@ fn values_equal(a: &Val<'_>, b: &Val<'_>) -> bool {
 type Members<'a> = [(Cow<'a, str>, Val<'a>)];
 
 /// Objects as maps: key order never matters; a repeated key counts with its last value.
+/// Linear in the members' count (small objects by search, large ones through maps), so a hostile
+/// object with many members costs no more than reading it.
 fn objects_equal(a: &Members<'_>, b: &Members<'_>, skip: &dyn Fn(&str) -> bool) -> bool {
+    const SMALL: usize = 16;
+    if a.len() > SMALL || b.len() > SMALL {
+        let (a, b) = (last_values(a, skip), last_values(b, skip));
+        return a.len() == b.len()
+            && a.iter()
+                .all(|(key, va)| b.get(key).is_some_and(|vb| values_equal(va, vb)));
+    }
     // Entities are small objects: a linear search beats building maps.
     let last = |m: &Members<'_>, i: usize| !m[i + 1..].iter().any(|(k, _)| *k == m[i].0);
     let kept = |m: &Members<'_>| {
@@ -62,6 +71,18 @@ fn objects_equal(a: &Members<'_>, b: &Members<'_>, skip: &dyn Fn(&str) -> bool) 
                     .find(|(k, _)| *k == a[i].0)
                     .is_some_and(|(_, vb)| values_equal(&a[i].1, vb))
             })
+}
+
+/// An object's members as a map, a later copy of a key replacing an earlier one.
+fn last_values<'m, 'a>(
+    members: &'m Members<'a>,
+    skip: &dyn Fn(&str) -> bool,
+) -> BTreeMap<&'m str, &'m Val<'a>> {
+    members
+        .iter()
+        .filter(|(key, _)| !skip(key))
+        .map(|(key, value)| (&**key, value))
+        .collect()
 }
 
 fn arrays_equal(a: &[Val<'_>], b: &[Val<'_>]) -> bool {
@@ -142,6 +163,39 @@ fn decimal(text: &str) -> Option<(bool, String, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_objects_compare_as_maps_like_small_ones() {
+        let members = |n: usize, rev: bool| {
+            let mut m: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            if rev {
+                m.reverse();
+            }
+            format!("{{{}}}", m.join(","))
+        };
+        for n in [3, 17, 50_000] {
+            let (a, b) = (members(n, false), members(n, true));
+            assert!(effectively_equal(&a, &b, &volatile()), "{n} reordered");
+            let changed = b.replacen("\"k1\":1", "\"k1\":2", 1);
+            assert!(!effectively_equal(&a, &changed, &volatile()), "{n} changed");
+            // A repeated key counts with its last value, on both paths.
+            let repeated = a.replacen('{', "{\"k1\":9,", 1);
+            assert!(
+                effectively_equal(&a, &repeated, &volatile()),
+                "{n} repeated"
+            );
+            let shadowed = a.replacen('}', ",\"k1\":9}", 1);
+            assert!(
+                !effectively_equal(&a, &shadowed, &volatile()),
+                "{n} shadowed"
+            );
+            let volatile_only = a.replacen('}', ",\"version\":3}", 1);
+            assert!(
+                effectively_equal(&a, &volatile_only, &volatile()),
+                "{n} volatile"
+            );
+        }
+    }
 
     fn volatile() -> Vec<String> {
         DEFAULT_VOLATILE_FIELDS

@@ -1,8 +1,16 @@
 //! Fast reads over JSON text that serde_json has already validated (a [`RawValue`]).
 //!
-//! Guarantee: every function here is total on valid JSON and never panics on any input: on text
-//! that is not valid JSON it returns `None` or stops early, it never reads out of bounds. The
-//! pure core uses it to look into entities without building a tree: top-level members of an
+//! Guarantees:
+//! - Every function here is total and never panics on any input, and none recurses on the
+//!   input's nesting: hostile depth cannot overflow the stack.
+//! - [`members`] never truncates: it returns *every* top-level member of an object, at any
+//!   nesting depth of their values, or `None`. A field check built on it sees the whole object.
+//! - [`check_structure`] refuses what a strict reader would refuse although the syntax passed
+//!   serde_json's raw reading: nesting deeper than [`MAX_DEPTH`] anywhere, and lone UTF-16
+//!   surrogates in `\u` escapes. The pure core calls it once per record, so what it accepts a full
+//!   `serde_json::Value` reading accepts too, and reads the same.
+//!
+//! The pure core uses it to look into entities without building a tree: top-level members of an
 //! object, and a borrowed value tree for comparisons, with numbers kept as their exact text.
 //!
 //! [`RawValue`]: serde_json::value::RawValue
@@ -51,9 +59,10 @@ pub fn parse(text: &str) -> Option<Val<'_>> {
     (p.i == p.b.len()).then_some(value)
 }
 
-/// The top-level members of a JSON object, as `(key, raw value text)`, keys unescaped.
-/// Stops (returns what it has) at anything that is not a well-formed object.
-pub fn members(text: &str) -> Vec<(Cow<'_, str>, &str)> {
+/// The top-level members of a JSON object, as `(key, raw value text)`, keys unescaped, in
+/// text order (a repeated key appears each time). `None` when the text is not one well-formed
+/// object: never a partial list.
+pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let mut p = Parser {
         s: text,
         b: text.as_bytes(),
@@ -62,30 +71,131 @@ pub fn members(text: &str) -> Vec<(Cow<'_, str>, &str)> {
     let mut out = Vec::new();
     p.ws();
     if !p.eat(b'{') {
-        return out;
+        return None;
     }
     p.ws();
-    if p.eat(b'}') {
-        return out;
+    if !p.eat(b'}') {
+        loop {
+            p.ws();
+            let key = p.string()?;
+            p.ws();
+            if !p.eat(b':') {
+                return None;
+            }
+            p.ws();
+            let start = p.i;
+            p.skip()?;
+            out.push((key, &text[start..p.i]));
+            p.ws();
+            if p.eat(b',') {
+                continue;
+            }
+            if p.eat(b'}') {
+                break;
+            }
+            return None;
+        }
     }
+    p.ws();
+    (p.i == p.b.len()).then_some(out)
+}
+
+/// Why [`check_structure`] refuses a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Arrays and objects nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A `\u` escape of a UTF-16 surrogate without its pair: no Unicode text has it.
+    LoneSurrogate,
+    /// A number beyond the range of a 64-bit float (a full reading refuses it).
+    NumberOutOfRange,
+    /// Not JSON text at all (an unterminated string or bracket).
+    Broken,
+}
+
+/// One pass over JSON text that serde_json has validated, refusing what its raw reading lets
+/// through but a full reading would not: see [`Malformed`]. Linear time, constant memory.
+pub fn check_structure(text: &str) -> Result<(), Malformed> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => i = end_of_string(b, i + 1)? + 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Malformed::TooDeep);
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.checked_sub(1).ok_or(Malformed::Broken)?;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                number_in_range(&text[start..i])?;
+            }
+            _ => i += 1,
+        }
+    }
+    if depth == 0 {
+        Ok(())
+    } else {
+        Err(Malformed::Broken)
+    }
+}
+
+/// A number token a full reading accepts: it fits a 64-bit float (short plain ones always do).
+fn number_in_range(token: &str) -> Result<(), Malformed> {
+    let plain = token.len() <= 300 && !token.contains(['e', 'E']);
+    if plain || token.parse::<f64>().is_ok_and(f64::is_finite) {
+        Ok(())
+    } else {
+        Err(Malformed::NumberOutOfRange)
+    }
+}
+
+/// From just inside a string at `i`, the index of its closing quote; checks `\u` surrogates.
+fn end_of_string(b: &[u8], mut i: usize) -> Result<usize, Malformed> {
+    // A high surrogate seen just before, waiting for its low half.
+    let mut pending_high = false;
     loop {
-        p.ws();
-        let Some(key) = p.string() else { return out };
-        p.ws();
-        if !p.eat(b':') {
-            return out;
+        let at = i + memchr::memchr2(b'"', b'\\', b.get(i..).unwrap_or_default())
+            .ok_or(Malformed::Broken)?;
+        if pending_high && at != i {
+            return Err(Malformed::LoneSurrogate);
         }
-        p.ws();
-        let start = p.i;
-        if p.skip(0).is_none() {
-            return out;
+        if b[at] == b'"' {
+            return if pending_high {
+                Err(Malformed::LoneSurrogate)
+            } else {
+                Ok(at)
+            };
         }
-        out.push((key, &text[start..p.i]));
-        p.ws();
-        if p.eat(b',') {
-            continue;
+        match b.get(at + 1) {
+            Some(b'u') => {
+                let unit = b
+                    .get(at + 2..at + 6)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                    .ok_or(Malformed::Broken)?;
+                match (pending_high, unit) {
+                    (false, 0xD800..=0xDBFF) => pending_high = true,
+                    (true, 0xDC00..=0xDFFF) => pending_high = false,
+                    (false, 0xDC00..=0xDFFF) | (true, _) => return Err(Malformed::LoneSurrogate),
+                    (false, _) => {}
+                }
+                i = at + 6;
+            }
+            Some(_) if pending_high => return Err(Malformed::LoneSurrogate),
+            Some(_) => i = at + 2,
+            None => return Err(Malformed::Broken),
         }
-        return out;
     }
 }
 
@@ -100,8 +210,10 @@ pub fn string(raw: &str) -> Option<Cow<'_, str>> {
     (p.i == p.b.len()).then_some(s)
 }
 
-/// Nesting deeper than this is refused (no stack overflow on hostile input).
-const MAX_DEPTH: usize = 128;
+/// Arrays and objects nested deeper than this, counting the outermost, are refused by
+/// [`check_structure`] and by [`parse`]. Below serde_json's own limit (127 levels), so every
+/// text accepted here is also readable as a `serde_json::Value`.
+pub const MAX_DEPTH: usize = 100;
 
 struct Parser<'a> {
     s: &'a str,
@@ -223,36 +335,40 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Skips one value without building it.
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match *self.b.get(self.i)? {
-            b'"' => {
-                self.i += 1;
-                self.skip_to_closing_quote()?;
-                self.i += 1;
-                Some(())
-            }
-            b'[' | b'{' => {
-                self.i += 1;
-                loop {
-                    self.ws();
-                    match *self.b.get(self.i)? {
-                        b']' | b'}' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        b',' | b':' => self.i += 1,
-                        _ => self.skip(depth + 1)?,
-                    }
+    /// Skips one value without building it. Iterative: nesting costs no stack, only a count.
+    fn skip(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            self.ws();
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    self.skip_to_closing_quote()?;
+                    self.i += 1;
+                }
+                b'[' | b'{' => {
+                    self.i += 1;
+                    depth += 1;
+                    continue;
+                }
+                b']' | b'}' => {
+                    self.i += 1;
+                    depth = depth.checked_sub(1)?;
+                }
+                b',' | b':' if depth > 0 => {
+                    self.i += 1;
+                    continue;
+                }
+                b'n' => self.literal("null")?,
+                b't' => self.literal("true")?,
+                b'f' => self.literal("false")?,
+                _ => {
+                    self.number()?;
                 }
             }
-            b'n' => self.literal("null"),
-            b't' => self.literal("true"),
-            b'f' => self.literal("false"),
-            _ => self.number().map(|_| ()),
+            if depth == 0 {
+                return Some(());
+            }
         }
     }
 }
@@ -263,7 +379,7 @@ mod tests {
 
     #[test]
     fn members_of_an_object() {
-        let m = members(r#" {"id":"a\"b","n":{"x":[1,"}"]},"s":"st\u00e9" , "e":[] } "#);
+        let m = members(r#" {"id":"a\"b","n":{"x":[1,"}"]},"s":"st\u00e9" , "e":[] } "#).unwrap();
         let got: Vec<(String, &str)> = m.into_iter().map(|(k, v)| (k.into_owned(), v)).collect();
         assert_eq!(
             got,
@@ -275,8 +391,71 @@ mod tests {
             ]
         );
         assert_eq!(string(r#""st\u00e9""#).unwrap(), "sté");
-        assert!(members("[1]").is_empty());
-        assert!(members("{\"a\":").is_empty());
+        assert_eq!(members("{}"), Some(vec![]));
+        assert!(members("[1]").is_none());
+        assert!(members("{\"a\":").is_none());
+        assert!(members("{\"a\":1} x").is_none());
+    }
+
+    #[test]
+    fn members_sees_every_member_after_any_depth() {
+        // Deeper than any limit: a member after it must still be seen, never cut off.
+        for depth in [1, 127, 128, 129, 200, 10_000] {
+            let pad = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let text = format!(r#"{{"id":"u1","pad":{pad},"organization_id":"globex"}}"#);
+            let m = members(&text).unwrap();
+            let keys: Vec<&str> = m.iter().map(|(k, _)| &**k).collect();
+            assert_eq!(keys, ["id", "pad", "organization_id"], "depth {depth}");
+            assert_eq!(m[2].1, r#""globex""#);
+        }
+    }
+
+    #[test]
+    fn check_structure_refuses_depth_and_lone_surrogates() {
+        let huge = format!("{{\"a\":{}}}", "9".repeat(400));
+        assert_eq!(check_structure(&huge), Err(Malformed::NumberOutOfRange));
+        assert!(serde_json::from_str::<serde_json::Value>(&huge).is_err());
+        for fine in ["{\"a\":-1.5e3}", "{\"a\":1e-400}", "{\"a\":[1,2e300]}"] {
+            assert_eq!(check_structure(fine), Ok(()), "{fine}");
+            assert!(serde_json::from_str::<serde_json::Value>(fine).is_ok());
+        }
+        assert_eq!(
+            check_structure("{\"a\":1e400}"),
+            Err(Malformed::NumberOutOfRange)
+        );
+        let nested = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+        assert_eq!(check_structure(&nested(MAX_DEPTH)), Ok(()));
+        assert_eq!(
+            check_structure(&nested(MAX_DEPTH + 1)),
+            Err(Malformed::TooDeep)
+        );
+        assert_eq!(check_structure(r#"{"a":"[[[{{{"}"#), Ok(()));
+        assert_eq!(
+            check_structure(r#"{"a":"\ud83d\ude00 \" \\ \u00e9"}"#),
+            Ok(())
+        );
+        for lone in [
+            r#"{"a":"\ud83d"}"#,
+            r#"{"a":"\ude00"}"#,
+            r#"{"a":"\ud83dx\ude00"}"#,
+            r#"{"a":"\ud83d\n"}"#,
+            r#"{"a":"\ud83d\ud83d"}"#,
+            r#"{"\udfff":1}"#,
+        ] {
+            assert_eq!(
+                check_structure(lone),
+                Err(Malformed::LoneSurrogate),
+                "{lone}"
+            );
+            // serde_json agrees: a full reading refuses it.
+            assert!(
+                serde_json::from_str::<serde_json::Value>(lone).is_err(),
+                "{lone}"
+            );
+        }
+        for broken in ["{\"a\":\"", "[[", "]", "\"\\u12"] {
+            assert_eq!(check_structure(broken), Err(Malformed::Broken), "{broken}");
+        }
     }
 
     #[test]
@@ -318,9 +497,11 @@ mod tests {
             let _ = parse(text);
             let _ = members(text);
             let _ = string(text);
+            let _ = check_structure(text);
         }
         let deep = "[".repeat(10_000);
         assert!(parse(&deep).is_none());
-        assert!(members(&format!("{{\"a\":{deep}")).is_empty());
+        assert!(members(&format!("{{\"a\":{deep}")).is_none());
+        assert_eq!(check_structure(&deep), Err(Malformed::TooDeep));
     }
 }

@@ -116,6 +116,61 @@ fn rejected_lines_are_reported_with_line_numbers_and_the_rest_goes_on() {
     );
 }
 
+/// The review's reproduction: members hidden behind deep nesting or given twice must never
+/// reach another organization, send a pending user update, or lose their regulation.
+#[test]
+fn hostile_entities_are_rejected_never_delivered() {
+    let pad = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let head = r#""id":"c1","organization_id":"acme","occurred_at":"2026-11-27T09:00:00Z""#;
+    let lines = [
+        // A deep member before organization_id hid the cross-tenant one.
+        format!(
+            r#"{{{head},"entity_type":"user","action":"created","after":{{"id":"u1","pad":{pad},"organization_id":"globex"}}}}"#
+        ),
+        // A deep member before status hid a pending source.
+        format!(
+            r#"{{{head},"entity_type":"user","action":"updated","before":{{"id":"u1","v":1}},"after":{{"id":"u1","v":2}},"source":{{"id":"e1","pad":{pad},"status":"pending_approval"}}}}"#
+        ),
+        // The first copy of organization_id is another organization.
+        format!(
+            r#"{{{head},"entity_type":"user","action":"created","after":{{"id":"u1","organization_id":"globex","organization_id":"acme"}}}}"#
+        ),
+        // Nesting within the limit hides nothing: the regulation after it is read.
+        format!(
+            r#"{{{head},"entity_type":"user","action":"created","after":{{"id":"u1","pad":{},"regulation":"ccpa"}}}}"#,
+            format_args!("{}{}", "[".repeat(50), "]".repeat(50))
+        ),
+    ];
+    let mut child = bin()
+        .args(["derive", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let codes: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.split(['(', ')']).nth(1).unwrap_or(l))
+        .collect();
+    assert_eq!(codes, ["too_deep", "too_deep", "duplicate_key"], "{stderr}");
+    let events: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "only the last line is delivered");
+    assert_eq!(events[0]["organization_id"], "acme");
+    assert_eq!(events[0]["regulation"], "ccpa");
+}
+
 #[test]
 fn stdin_dash_and_missing_file() {
     let out = bin()

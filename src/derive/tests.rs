@@ -649,3 +649,120 @@ fn rejection_messages_name_the_field() {
     .unwrap_err();
     assert!(err.to_string().len() < 200, "messages stay short: {err}");
 }
+
+/// Issue "fail closed", point 1: a member hidden behind deep nesting, or a checked field given
+/// twice, must never slip past the tenant, status or regulation checks.
+#[test]
+fn hostile_entities_are_rejected_not_truncated() {
+    let pad = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    let created = |after: &str| {
+        format!(
+            r#"{{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"user","action":"created","after":{after}}}"#
+        )
+    };
+    let updated = |source: &str| {
+        format!(
+            r#"{{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"user","action":"updated","before":{{"id":"u1","email":"a"}},"after":{{"id":"u1","email":"b"}},"source":{source}}}"#
+        )
+    };
+    let rows: Vec<(&str, String, &str)> = vec![
+        (
+            "cross-tenant id after 200 levels",
+            created(&format!(
+                r#"{{"id":"u1","pad":{},"organization_id":"globex"}}"#,
+                pad(200)
+            )),
+            "too_deep",
+        ),
+        (
+            "cross-tenant id after 90 levels (within the limit: seen and refused)",
+            created(&format!(
+                r#"{{"id":"u1","pad":{},"organization_id":"globex"}}"#,
+                pad(90)
+            )),
+            "cross_tenant",
+        ),
+        (
+            "pending status after 90 levels in the source",
+            updated(&format!(
+                r#"{{"id":"e1","pad":{},"status":"pending_approval"}}"#,
+                pad(90)
+            )),
+            "suppressed:pending_source",
+        ),
+        (
+            "pending status after 200 levels in the source",
+            updated(&format!(
+                r#"{{"id":"e1","pad":{},"status":"pending_approval"}}"#,
+                pad(200)
+            )),
+            "too_deep",
+        ),
+        (
+            "deep unknown top-level field",
+            created(&format!(r#"{{"id":"u1"}},"extra":{}"#, pad(150))),
+            "too_deep",
+        ),
+        (
+            "organization_id twice, the other tenant first",
+            created(r#"{"id":"u1","organization_id":"globex","organization_id":"acme"}"#),
+            "duplicate_key",
+        ),
+        (
+            "organization_id twice, the other tenant last",
+            created(r#"{"id":"u1","organization_id":"acme","organization_id":"globex"}"#),
+            "duplicate_key",
+        ),
+        (
+            "organization_id twice, one spelled with an escape",
+            created(r#"{"id":"u1","organization_id":"acme","organization\u005fid":"globex"}"#),
+            "duplicate_key",
+        ),
+        (
+            "id twice",
+            created(r#"{"id":"u1","id":"u2"}"#),
+            "duplicate_key",
+        ),
+        (
+            "status twice in the source",
+            updated(r#"{"id":"e1","status":"confirmed","status":"pending_approval"}"#),
+            "duplicate_key",
+        ),
+        (
+            "regulation twice",
+            created(r#"{"id":"u1","regulation":"gdpr","regulation":"ccpa"}"#),
+            "duplicate_key",
+        ),
+        (
+            "lone surrogate in an unchecked field",
+            created(r#"{"id":"u1","name":"\ud800"}"#),
+            "invalid_json",
+        ),
+        (
+            "lone surrogate in a key",
+            created(r#"{"id":"u1","\udc00":1}"#),
+            "invalid_json",
+        ),
+    ];
+    for (name, input, expected) in rows {
+        let got = match derive_record(input.as_bytes(), &Rules::default()) {
+            Err(rejection) => rejection.code().to_owned(),
+            Ok(Derived::Suppressed(reason)) => format!("suppressed:{}", reason.code()),
+            Ok(Derived::Webhook(event)) => format!("webhook to {}", event.organization_id),
+        };
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn regulation_behind_deep_nesting_is_seen() {
+    let input = format!(
+        r#"{{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"user","action":"created","after":{{"id":"u1","pad":{}{},"regulation":"ccpa"}}}}"#,
+        "[".repeat(95),
+        "]".repeat(95)
+    );
+    match derive_record(input.as_bytes(), &Rules::default()) {
+        Ok(Derived::Webhook(event)) => assert_eq!(event.regulation, "ccpa"),
+        other => panic!("expected a webhook, got {other:?}"),
+    }
+}
