@@ -27,13 +27,14 @@ const ALERT_TESTS: &str = "deploy/prometheus/alerts.test.yml";
 const PROMETHEUS_CONFIG: &str = "deploy/prometheus/prometheus.yml";
 
 /// Every alert `alerts.yml` must define.
-const ALERT_NAMES: [&str; 6] = [
+const ALERT_NAMES: [&str; 7] = [
     "ConsentWebhooksDeadLetters",
     "ConsentWebhooksLagGrowing",
     "ConsentWebhooksConsumptionStopped",
     "ConsentWebhooksEndpointFailing",
     "ConsentWebhooksOAuthFailures",
     "ConsentWebhooksNoReadyReplica",
+    "ConsentWebhooksOutputWriteFailures",
 ];
 
 // ------------------------------------------------------------------------------------------
