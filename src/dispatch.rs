@@ -18,17 +18,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use prometheus::IntGauge;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::change::Rejection;
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef};
-use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Target, TokenSource};
+use crate::delivery::{
+    Attempt, Decision, Deliverer, GiveUpReason, Permits, Priority, Target, TokenSource,
+};
 use crate::ingest::{Progress, Ticket};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
@@ -63,7 +65,7 @@ struct Shared {
     deliverer: Deliverer,
     producers: Producers,
     progress: Arc<Progress>,
-    global: Semaphore,
+    global: Permits,
     max_pending_per_organization: usize,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
@@ -118,7 +120,7 @@ impl Dispatcher {
                 deliverer,
                 producers,
                 progress,
-                global: Semaphore::new(settings.delivery.max_in_flight_requests),
+                global: Permits::new(settings.delivery.max_in_flight_requests),
                 max_pending_per_organization: settings.delivery.max_pending_per_organization,
                 tasks,
                 metrics,
@@ -283,16 +285,23 @@ async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job)
 /// One event through attempts and retries to a terminal outcome (or cancellation).
 async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
     let cancel = &job.ticket.cancel;
-    let first = Instant::now();
+    // The budget counts from the first attempt actually sent, not from the wait for permits.
+    let mut first: Option<Instant> = None;
     let mut attempts: Vec<Attempt> = Vec::new();
     loop {
         if cancel.is_cancelled() {
             return Outcome::Abandoned;
         }
-        let attempt = tokio::select! {
-            attempt = attempt(lane, shared, &job.event) => attempt,
+        let priority = if attempts.is_empty() {
+            Priority::First
+        } else {
+            Priority::Retry
+        };
+        let (started, attempt) = tokio::select! {
+            attempt = attempt(lane, shared, &job.event, priority) => attempt,
             _ = cancel.cancelled() => return Outcome::Abandoned,
         };
+        let first = *first.get_or_insert(started);
         let retries_done = attempts.len();
         let decision = lane.target.policy.decide(
             &attempt.outcome,
@@ -343,15 +352,15 @@ async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
     }
 }
 
-/// One attempt, holding the endpoint's and the global permit only while it runs.
-async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt {
-    let _endpoint = lane
-        .target
-        .concurrency
-        .acquire()
-        .await
-        .expect("never closed");
-    let _global = shared.global.acquire().await.expect("never closed");
+/// One attempt, holding the endpoint's and the global permit only while it runs; with the
+/// moment it started (permits in hand).
+async fn attempt(
+    lane: &Lane,
+    shared: &Shared,
+    event: &WebhookEvent,
+    priority: Priority,
+) -> (Instant, Attempt) {
+    let (started, _permits) = lane.target.permits(&shared.global, priority).await;
     let metrics = &shared.metrics;
     let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
     let org = [event.organization_id.as_str()];
@@ -371,7 +380,7 @@ async fn attempt(lane: &Lane, shared: &Shared, event: &WebhookEvent) -> Attempt 
     if attempt.reauthorized {
         metrics.oauth_reauthorizations.with_label_values(&org).inc();
     }
-    attempt
+    (started, attempt)
 }
 
 /// The request itself, counted in `in_flight_requests` while it runs: the count is taken back

@@ -6,6 +6,7 @@
 //! - [`retry`]: the pure [`RetryPolicy`] turning an outcome into a [`Decision`];
 //! - [`guard`]: the address guard (public addresses, HTTPS) in the resolver and before requests;
 //! - [`oauth`]: the client-credentials [`TokenSource`] with its token cache;
+//! - [`permits`]: request permits that serve due retries before first attempts;
 //! - [`redact`]: URLs and error texts as they may be logged (no user info, no query).
 //!
 //! The orchestrator loops: `attempt` → `decide` → wait `RetryAfter` or stop on `Delivered` /
@@ -15,6 +16,7 @@ pub mod attempt;
 pub mod client;
 pub mod guard;
 pub mod oauth;
+pub mod permits;
 pub mod redact;
 pub mod retry;
 pub mod target;
@@ -26,5 +28,6 @@ pub use attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 pub use client::{Deliverer, DeliveryInitError, Endpoint};
 pub use guard::{check_url, is_global, GuardError, GuardedResolver, UrlPolicy};
 pub use oauth::{AccessToken, OAuthError, TokenSource};
+pub use permits::{Permit, Permits, Priority};
 pub use retry::{is_retryable_status, Decision, GiveUpReason, RetryPolicy};
 pub use target::Target;

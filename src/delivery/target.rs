@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use super::{Deliverer, Endpoint, RetryPolicy};
+use super::{Deliverer, Endpoint, Permit, Permits, Priority, RetryPolicy};
 use crate::config::OrganizationSettings;
 
 pub struct Target {
     pub endpoint: Endpoint,
     pub policy: RetryPolicy,
-    /// Permits for requests in flight to this endpoint (`concurrency`).
-    pub concurrency: Semaphore,
+    /// Permits for requests in flight to this endpoint (`concurrency`), retries first.
+    pub concurrency: Permits,
 }
 
 impl Target {
@@ -20,7 +20,52 @@ impl Target {
         Target {
             endpoint: deliverer.endpoint(organization_id, Arc::new(org.clone())),
             policy: RetryPolicy::new(&org.retry),
-            concurrency: Semaphore::new(org.concurrency),
+            concurrency: Permits::new(org.concurrency),
         }
+    }
+}
+
+impl Target {
+    /// Waits for this endpoint's permit, then for one of the process-wide `global` ones (always
+    /// in this order, so waiters never hold one kind while blocking the other's holders), and
+    /// returns both with the moment the attempt may start: the budget clock of a first attempt
+    /// starts here, not when it began to wait.
+    pub async fn permits(&self, global: &Permits, priority: Priority) -> (Instant, [Permit; 2]) {
+        let endpoint = self.concurrency.acquire(priority).await;
+        let global = global.acquire(priority).await;
+        (Instant::now(), [endpoint, global])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::delivery::testkit::{delivery_settings, organization};
+
+    /// Issue 8: an attempt's clock starts when its permits are in hand. Behind a hanging
+    /// endpoint, the wait for a permit is not spent from the event's retry budget.
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_clock_starts_when_the_permits_are_in_hand() {
+        let deliverer = Deliverer::new(&delivery_settings(Duration::from_secs(30))).unwrap();
+        let mut org = organization("https://example.com/hook".parse().unwrap());
+        org.concurrency = 1;
+        let target = std::sync::Arc::new(Target::new(&deliverer, "acme", &org));
+        let global = Permits::new(10);
+        let busy = target.permits(&global, Priority::First).await;
+        let waiting = {
+            let (target, global) = (target.clone(), global.clone());
+            tokio::spawn(async move { target.permits(&global, Priority::First).await.0 })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let released = Instant::now();
+        drop(busy);
+        let started = waiting.await.unwrap();
+        assert!(
+            started >= released,
+            "the 10 minutes of waiting are not counted"
+        );
+        assert_eq!(global.available(), 10, "both permits are given back");
     }
 }

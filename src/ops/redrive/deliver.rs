@@ -13,18 +13,18 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, Producers};
-use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Target};
+use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Permits, Priority, Target};
 use crate::webhook::{EventType, WebhookEvent};
 
 use super::scan::{parse_time, Marker};
@@ -153,7 +153,7 @@ pub struct Redriver {
     producers: Producers,
     dead_letter_topic: String,
     lanes: HashMap<String, Target>,
-    global: Semaphore,
+    global: Permits,
     /// Retries after the first attempt, at most (and never more than the org's schedule has).
     retries: usize,
     /// No attempt starts once cancelled.
@@ -187,7 +187,7 @@ impl Redriver {
             producers,
             dead_letter_topic: settings.kafka.dead_letter_topic.clone(),
             lanes,
-            global: Semaphore::new(settings.delivery.max_in_flight_requests),
+            global: Permits::new(settings.delivery.max_in_flight_requests),
             retries,
             stop,
             abort,
@@ -261,7 +261,8 @@ impl Redriver {
             debug!("not accepted by the endpoint's type or regulation filter; left as it is");
             return Outcome::NotAccepted;
         }
-        let first = Instant::now();
+        // The budget counts from the first attempt actually sent, not from the wait for permits.
+        let mut first: Option<Instant> = None;
         let mut attempts: Vec<Attempt> = Vec::new();
         loop {
             if self.stop.is_cancelled() {
@@ -272,7 +273,13 @@ impl Redriver {
                     .write_back(job, Some(lane), DeadLetterReason::Exhausted, &attempts)
                     .await;
             }
-            let attempt = self.attempt(lane, &job.event).await;
+            let priority = if attempts.is_empty() {
+                Priority::First
+            } else {
+                Priority::Retry
+            };
+            let (started, attempt) = self.attempt(lane, &job.event, priority).await;
+            let first = *first.get_or_insert(started);
             let retries_done = attempts.len();
             let mut decision = lane.policy.decide(
                 &attempt.outcome,
@@ -305,10 +312,16 @@ impl Redriver {
         }
     }
 
-    async fn attempt(&self, lane: &Target, event: &WebhookEvent) -> Attempt {
-        let _endpoint = lane.concurrency.acquire().await.expect("never closed");
-        let _global = self.global.acquire().await.expect("never closed");
-        Box::pin(self.deliverer.attempt(&lane.endpoint, event)).await
+    /// One attempt with the moment it started (permits in hand).
+    async fn attempt(
+        &self,
+        lane: &Target,
+        event: &WebhookEvent,
+        priority: Priority,
+    ) -> (Instant, Attempt) {
+        let (started, _permits) = lane.permits(&self.global, priority).await;
+        let attempt = Box::pin(self.deliverer.attempt(&lane.endpoint, event)).await;
+        (started, attempt)
     }
 
     /// Writes the resolution marker of a delivered event.
