@@ -315,8 +315,13 @@ impl TokenSource {
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(e) => OAuthError::Server(e.error().to_string()),
                 RequestTokenError::Request(e) => OAuthError::Transport(e),
-                // Never keep the body: it could hold a token.
-                RequestTokenError::Parse(e, _body) => OAuthError::Invalid(e.to_string()),
+                // Never keep the body, nor serde's message, which quotes the offending value
+                // (it could be the token): only where it failed and what kind of failure.
+                RequestTokenError::Parse(e, _body) => OAuthError::Invalid(format!(
+                    "the token response does not parse at `{}` ({:?} error)",
+                    e.path(),
+                    e.inner().classify()
+                )),
                 RequestTokenError::Other(message) => OAuthError::Invalid(message),
             })?;
         match response.token_type() {

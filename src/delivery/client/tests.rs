@@ -512,3 +512,33 @@ async fn secrets_never_appear_in_debug_output() {
         assert!(!shown.contains(secret), "{secret} leaked in {shown}");
     }
 }
+
+/// A token response that does not parse is reported by where and how it failed, never by the
+/// value serde would quote (it may be the token).
+#[tokio::test]
+async fn oauth_unreadable_token_response_never_quotes_its_values() {
+    let tokens = Receiver::start().await;
+    tokens.then(
+        Reply::status(200)
+            .header("content-type", "application/json")
+            .body(
+                br#"{"access_token":987654321012,"token_type":"bearer","expires_in":60}"#.to_vec(),
+            ),
+    );
+    let stand_in = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
+    let mut oauth = stand_in.settings(None, vec![]);
+    oauth.token_url = tokens.url();
+    let source = crate::delivery::TokenSource::new(&oauth, reqwest::Client::new()).with_url_policy(
+        crate::delivery::UrlPolicy {
+            allow_private: true,
+            allow_http: true,
+        },
+    );
+    let error = source
+        .token()
+        .await
+        .expect_err("a number is not a token")
+        .to_string();
+    assert!(!error.contains("987654321012"), "{error}");
+    assert!(error.contains("access_token"), "names the field: {error}");
+}
