@@ -2,7 +2,7 @@
 //!
 //! Guarantee: no secret value is ever written; a secret that is set (signing and client
 //! secrets, secret Kafka properties, custom header values given as references) shows as
-//! `"[redacted]"`.
+//! `"[redacted]"`, and so do the user info, query and fragment of endpoint and token URLs.
 //! The output uses the file's layout and key names, so it can be diffed against the file.
 
 use std::fmt::Write;
@@ -16,6 +16,25 @@ use super::settings::*;
 use crate::webhook::EventType;
 
 const REDACTED: &str = "[redacted]";
+
+/// A URL with its user info and query (where API keys and signed tokens hide) redacted; the
+/// rest stays, so the operator still sees which endpoint it is.
+fn redacted_url(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some(REDACTED));
+    }
+    if !url.username().is_empty() {
+        let _ = url.set_username(REDACTED);
+    }
+    if url.query().is_some() {
+        url.set_query(Some(REDACTED));
+    }
+    if url.fragment().is_some() {
+        url.set_fragment(Some(REDACTED));
+    }
+    url.to_string()
+}
 
 /// The settings as TOML text with defaults filled in and secrets shown as `"[redacted]"`.
 pub fn render_redacted(settings: &Settings) -> String {
@@ -85,7 +104,7 @@ pub fn render_redacted(settings: &Settings) -> String {
         organization(w, org);
         if let Some(oauth) = &org.oauth {
             section(w, &format!("{path}.oauth"));
-            line(w, "token_url", string(oauth.token_url.as_str()));
+            line(w, "token_url", string(&redacted_url(&oauth.token_url)));
             line(w, "client_id", string(&oauth.client_id));
             line(w, "client_secret", string(REDACTED));
             if let Some(scope) = &oauth.scope {
@@ -101,7 +120,7 @@ pub fn render_redacted(settings: &Settings) -> String {
 }
 
 fn organization(w: &mut String, org: &OrganizationSettings) {
-    line(w, "url", string(org.url.as_str()));
+    line(w, "url", string(&redacted_url(&org.url)));
     let types: Vec<String> = match &org.event_types {
         Some(types) => types.iter().map(|t| t.as_str().to_owned()).collect(),
         None => EventType::ALL

@@ -174,3 +174,17 @@ fn load_reports_a_missing_config_file() {
         .to_string()
         .starts_with("cannot read config file /nonexistent/config.toml"));
 }
+
+#[test]
+fn rendered_urls_hide_their_query() {
+    let s = parse(&org("concurrency = 2").replace(
+        "https://hooks.acme.example/consent",
+        "https://hooks.acme.example/consent?api_key=k3y-in-query#frag-s3cret",
+    ))
+    .unwrap();
+    let text = render_redacted(&s);
+    for secret in ["k3y-in-query", "s3cret"] {
+        assert!(!text.contains(secret), "{secret} in:\n{text}");
+    }
+    assert!(text.contains("?[redacted]"), "{text}");
+}
