@@ -16,6 +16,7 @@ pub mod equivalence;
 pub mod ingest;
 pub mod kafka;
 pub mod ops;
+pub mod park;
 pub mod pipeline;
 pub mod rawjson;
 pub mod signals;
