@@ -45,6 +45,9 @@ pub enum Command {
     Replay(crate::ops::replay::ReplayArgs),
     /// Deliver dead-lettered events again; what fails again goes back to the dead-letter topic.
     Redrive(crate::ops::redrive::RedriveArgs),
+    /// Deliver one organization's webhooks of a time range again, read from the input topic
+    /// (no consumer group, nothing committed, no other organization touched).
+    Resend(crate::ops::resend::ResendArgs),
 }
 
 #[derive(Debug, Args)]

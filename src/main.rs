@@ -27,6 +27,10 @@ fn main() -> anyhow::Result<ExitCode> {
             telemetry::init_logging(cli.log_format);
             ops::redrive::run(args)
         }
+        Command::Resend(args) => {
+            telemetry::init_logging(cli.log_format);
+            ops::resend::run(args)
+        }
         Command::Run(args) => {
             telemetry::init_logging(cli.log_format);
             run(args)

@@ -61,29 +61,6 @@ fn group_consumer(group: &str) -> BaseConsumer {
         .expect("consumer")
 }
 
-/// The group's committed offset per partition (`None`: nothing committed).
-async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    let (group, topic) = (group.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let consumer = group_consumer(&group);
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition(&topic, p);
-        }
-        let list = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .expect("committed offsets");
-        (0..partitions)
-            .map(|p| match list.find_partition(&topic, p).unwrap().offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
-}
-
 /// The end offset (high watermark) of each partition.
 async fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
     let topic = topic.to_owned();
@@ -124,7 +101,7 @@ async fn commit(group: &str, topic: &str, offsets: &[(i32, i64)]) {
 async fn wait_committed(group: &str, topic: &str, want: &[Option<i64>]) {
     let end = Instant::now() + DEADLINE;
     loop {
-        let got = committed(group, topic, want.len() as i32).await;
+        let got = kafka::committed(group, topic, want.len() as i32).await;
         if got == want {
             return;
         }
@@ -186,7 +163,7 @@ impl Delivered {
                 .unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", service.logs()));
             assert!(status.success(), "{status}:\n{}", service.logs());
             assert_eq!(
-                committed(&topics.group, &topics.input, PARTITIONS).await,
+                kafka::committed(&topics.group, &topics.input, PARTITIONS).await,
                 some(&ends),
                 "the drained service committed everything"
             );
@@ -263,7 +240,7 @@ async fn replay_to_earliest_dry_run_then_execute_redelivers_the_same_ids() {
         );
     }
     assert_eq!(
-        committed(group, topic, PARTITIONS).await,
+        kafka::committed(group, topic, PARTITIONS).await,
         some(&run.ends),
         "a dry run changes nothing"
     );
@@ -279,7 +256,7 @@ async fn replay_to_earliest_dry_run_then_execute_redelivers_the_same_ids() {
     );
     assert!(out.contains("committed:"), "{out}");
     assert_eq!(
-        committed(group, topic, PARTITIONS).await,
+        kafka::committed(group, topic, PARTITIONS).await,
         vec![Some(0); PARTITIONS as usize],
         "--execute moved every partition to its first record"
     );
@@ -306,7 +283,7 @@ async fn kafka_consumer_groups_reset_redelivers_the_same_ids() {
         stderr(&output)
     );
     assert_eq!(
-        committed(&run.topics.group, &run.topics.input, PARTITIONS).await,
+        kafka::committed(&run.topics.group, &run.topics.input, PARTITIONS).await,
         vec![Some(0); PARTITIONS as usize]
     );
     run.restart_and_expect_each_id_twice().await;
@@ -337,7 +314,7 @@ async fn replay_is_refused_while_the_group_has_live_members() {
     assert!(out.contains("live member(s)"), "{out}");
 
     assert_eq!(
-        committed(group, topic, PARTITIONS).await,
+        kafka::committed(group, topic, PARTITIONS).await,
         some(&run.ends),
         "offsets unchanged"
     );
@@ -384,7 +361,7 @@ async fn targets_by_time_partitions_and_usage_errors() {
             .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
     }
     commit(&group, &topic, &[(0, 10)]).await;
-    let before = committed(&group, &topic, 2).await;
+    let before = kafka::committed(&group, &topic, 2).await;
     assert_eq!(before, vec![Some(10), None]);
 
     let total = |output: &Output| -> i64 {
@@ -431,7 +408,7 @@ async fn targets_by_time_partitions_and_usage_errors() {
     let out = stdout(&output);
     assert!(out.contains("is in the future"), "{out}");
     assert!(out.contains("nothing to change"), "{out}");
-    assert_eq!(committed(&group, &topic, 2).await, before);
+    assert_eq!(kafka::committed(&group, &topic, 2).await, before);
 
     // --partitions: only those rows; a partition the topic lacks is a usage error.
     let output = replay(&path, &["--to-earliest", "--partitions", "1"]).await;
@@ -463,13 +440,19 @@ async fn targets_by_time_partitions_and_usage_errors() {
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(total(&output), 6);
-    assert_eq!(committed(&group, &topic, 2).await, vec![Some(4), None]);
+    assert_eq!(
+        kafka::committed(&group, &topic, 2).await,
+        vec![Some(4), None]
+    );
     // Never forward: a later target leaves the partition where it is.
     let output = replay(&path, &["--to-datetime", &rfc3339(recent + 8), "--execute"]).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(total(&output), 0);
     assert!(stdout(&output).contains("never skips records"));
-    assert_eq!(committed(&group, &topic, 2).await, vec![Some(4), None]);
+    assert_eq!(
+        kafka::committed(&group, &topic, 2).await,
+        vec![Some(4), None]
+    );
 
     // Usage errors: exit status 2 and a message naming the problem.
     let usage: &[(&[&str], &str)] = &[
@@ -499,5 +482,8 @@ async fn targets_by_time_partitions_and_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("invalid configuration"));
 
-    assert_eq!(committed(&group, &topic, 2).await, vec![Some(4), None]);
+    assert_eq!(
+        kafka::committed(&group, &topic, 2).await,
+        vec![Some(4), None]
+    );
 }

@@ -3,3 +3,4 @@
 pub mod derive;
 pub mod redrive;
 pub mod replay;
+pub mod resend;

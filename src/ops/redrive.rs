@@ -16,8 +16,8 @@
 //! endpoint accepted the event, so a crash between the two can deliver it once more (the
 //! `webhook-id` lets receivers drop the duplicate); two redrives must not run at the same time.
 
-mod deliver;
-mod scan;
+pub(crate) mod deliver;
+pub(crate) mod scan;
 mod select;
 
 use std::collections::HashSet;
@@ -138,7 +138,7 @@ struct Summary {
 async fn redrive(settings: Settings, args: RedriveArgs) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
-    tokio::spawn(stop_on_signal(stop.clone(), abort.clone()));
+    tokio::spawn(stop_on_signal("redrive", stop.clone(), abort.clone()));
     let tty = std::io::stderr().is_terminal();
     let kafka = &settings.kafka;
     let topic = kafka.dead_letter_topic.clone();
@@ -410,7 +410,11 @@ fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
 
 /// First SIGINT/SIGTERM: no new attempt starts, what is in flight finishes and is recorded.
 /// Second: writes in flight are abandoned too.
-async fn stop_on_signal(stop: CancellationToken, abort: CancellationToken) {
+pub(crate) async fn stop_on_signal(
+    command: &'static str,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
     let mut signals = match crate::signals::StopSignals::install() {
         Ok(signals) => signals,
         Err(error) => {
@@ -419,16 +423,16 @@ async fn stop_on_signal(stop: CancellationToken, abort: CancellationToken) {
         }
     };
     signals.next().await;
-    eprintln!("redrive: interrupted; finishing what is in flight (again to abandon it)");
+    eprintln!("{command}: interrupted; finishing what is in flight (again to abandon it)");
     stop.cancel();
     signals.next().await;
-    eprintln!("redrive: interrupted again; abandoning the writes in flight");
+    eprintln!("{command}: interrupted again; abandoning the writes in flight");
     abort.cancel();
 }
 
 /// A progress bar on a terminal, progress log lines otherwise.
 #[derive(Clone)]
-struct Progress {
+pub(crate) struct Progress {
     inner: Arc<ProgressInner>,
 }
 
@@ -440,7 +444,7 @@ struct ProgressInner {
 }
 
 impl Progress {
-    fn new(tty: bool, phase: &'static str, total: u64) -> Progress {
+    pub(crate) fn new(tty: bool, phase: &'static str, total: u64) -> Progress {
         let bar = tty.then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -463,7 +467,7 @@ impl Progress {
         }
     }
 
-    fn set(&self, done: u64, detail: impl FnOnce() -> String) {
+    pub(crate) fn set(&self, done: u64, detail: impl FnOnce() -> String) {
         let inner = &self.inner;
         if let Some(bar) = &inner.bar {
             bar.set_position(done);
@@ -490,7 +494,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.inner.bar {
             bar.finish();
         }

@@ -116,6 +116,26 @@ struct EntityId {
 }
 
 impl Job {
+    /// A job for an event derived anew from its source record (resend): failures are written
+    /// to the dead-letter topic as first-time dead letters. `key` orders the events of one
+    /// entity (the source record's key); `at` is the source record's partition and offset.
+    pub fn derived(event: WebhookEvent, topic: &str, at: Coordinates, key: String) -> Job {
+        let source = crate::deadletter::SourceRef {
+            topic: topic.to_owned(),
+            partition: at.0,
+            offset: at.1,
+            change_id: event.change_id.clone(),
+        };
+        // A stand-in: only its source and (empty) attempts are read when it is written back.
+        let record = DeadLetter::new(&event, None, DeadLetterReason::Exhausted, &[], source);
+        Job {
+            record,
+            event,
+            at,
+            key,
+        }
+    }
+
     /// Rebuilds the event from a dead-letter record: the body is the stored event, byte for
     /// byte; the change id comes from the record's source.
     pub fn new(record: DeadLetter, at: Coordinates) -> Result<Job, String> {
@@ -164,6 +184,9 @@ pub struct Redriver {
     tasks: TaskTracker,
     tally: Mutex<Tally>,
     on_done: Box<dyn Fn(&Tally) + Send + Sync>,
+    /// Write a resolution marker for each delivered event (redrive), or not (resend: its jobs
+    /// are not dead letters).
+    markers: bool,
 }
 
 impl Redriver {
@@ -195,7 +218,15 @@ impl Redriver {
             tasks: TaskTracker::new(),
             tally: Mutex::new(Tally::default()),
             on_done,
+            markers: true,
         }
+    }
+
+    /// Delivered events get no resolution marker (their jobs are not dead letters); failed ones
+    /// are still written to the dead-letter topic.
+    pub fn without_markers(mut self) -> Self {
+        self.markers = false;
+        self
     }
 
     /// Queues a job behind the earlier ones of its key; `permit` is released when it ends.
@@ -293,6 +324,7 @@ impl Redriver {
             debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
             attempts.push(attempt);
             match decision {
+                Decision::Delivered if !self.markers => return Outcome::Delivered,
                 Decision::Delivered => return self.resolve(job).await,
                 Decision::RetryAfter(wait) => {
                     tokio::select! {

@@ -114,6 +114,7 @@ pub fn capture_ranges(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Rang
 /// Reads the given ranges; records come in offset order within each partition.
 pub struct Scanner {
     consumer: StreamConsumer,
+    topic: String,
     /// Partition → end offset (exclusive), for partitions not finished yet.
     remaining: HashMap<i32, i64>,
 }
@@ -146,6 +147,7 @@ impl Scanner {
             .with_context(|| format!("cannot assign the partitions of {topic}"))?;
         Ok(Scanner {
             consumer,
+            topic: topic.to_owned(),
             remaining: ranges.iter().map(|(&p, &(_, end))| (p, end)).collect(),
         })
     }
@@ -160,8 +162,9 @@ impl Scanner {
                 .await
                 .map_err(|_| {
                     anyhow::anyhow!(
-                        "no record from the dead-letter topic for {STALL_TIMEOUT:?} \
+                        "no record from topic {} for {STALL_TIMEOUT:?} \
                          ({} partitions unfinished)",
+                        self.topic,
                         self.remaining.len()
                     )
                 })?;
@@ -183,7 +186,7 @@ impl Scanner {
                     self.remaining.remove(&partition);
                 }
                 Err(error) => {
-                    return Err(error).context("cannot read the dead-letter topic");
+                    return Err(error).with_context(|| format!("cannot read topic {}", self.topic));
                 }
             }
         }
