@@ -136,6 +136,9 @@ fn organization(w: &mut String, org: &OrganizationSettings) {
         Some(_) => line(w, "signing_secret", string(REDACTED)),
         None => w.push_str("# signing_secret: none (requests are not signed)\n"),
     }
+    if org.previous_signing_key.is_some() {
+        line(w, "previous_signing_secret", string(REDACTED));
+    }
     line(w, "allow_http", org.allow_http.to_string());
     line(
         w,

@@ -92,6 +92,10 @@ pub struct OrganizationSettings {
     /// Custom headers added to every request (validated names and values).
     pub headers: Vec<(String, CustomHeaderValue)>,
     pub signing_key: Option<SigningKey>,
+    /// During a signing-secret rotation, the secret being retired: requests carry both
+    /// signatures until it is removed, so a receiver may switch at any time. Only with
+    /// `signing_key`.
+    pub previous_signing_key: Option<SigningKey>,
     pub oauth: Option<OAuthSettings>,
     /// Plain `http://` allowed (development only).
     pub allow_http: bool,

@@ -33,6 +33,10 @@ pub(super) const ORG_KEYS: Keys = &[
         "signing_secret",
         r#"signing_secret = { env = "ACME_SIGNING_SECRET" }"#,
     ),
+    (
+        "previous_signing_secret",
+        r#"previous_signing_secret = { env = "ACME_PREVIOUS_SIGNING_SECRET" }"#,
+    ),
     ("allow_http", "allow_http = false"),
     ("allow_private_addresses", "allow_private_addresses = false"),
     ("concurrency", "concurrency = 16"),
@@ -146,24 +150,14 @@ fn organization(
         Some(r) => r.into_iter().map(|r| r.trim().to_lowercase()).collect(),
     };
 
-    let signing_key = match secret::read(node, "signing_secret", ctx)? {
-        None => None,
-        Some(secret) => {
-            use secrecy::ExposeSecret;
-            // The parse error is not shown: it can quote a character of the secret.
-            let key = SigningKey::parse(secret.value.expose_secret()).map_err(|_| {
-                node.err(
-                    "signing_secret",
-                    format!(
-                        "the secret from {} is not a Standard Webhooks signing secret \
-                         (`whsec_` followed by base64 of 24 to 64 bytes)",
-                        secret.source
-                    ),
-                )
-            })?;
-            Some(key)
-        }
-    };
+    let signing_key = signing_key_at(node, "signing_secret", ctx)?;
+    let previous_signing_key = signing_key_at(node, "previous_signing_secret", ctx)?;
+    if previous_signing_key.is_some() && signing_key.is_none() {
+        return Err(node.err(
+            "previous_signing_secret",
+            "needs a signing_secret: it is the one being retired while signing_secret takes over",
+        ));
+    }
     let oauth = match node.table("oauth")? {
         None => None,
         Some(_) => Some(oauth(&node.child("oauth", OAUTH_KEYS)?, &http, ctx)?),
@@ -182,12 +176,37 @@ fn organization(
         regulations,
         headers: headers(node, "headers", ctx)?,
         signing_key,
+        previous_signing_key,
         oauth,
         allow_http,
         allow_private_addresses,
         concurrency: node.count_or("concurrency", delivery.endpoint_concurrency)?,
         retry,
     })
+}
+
+/// A Standard Webhooks signing secret from a secret reference at `key`, if set.
+fn signing_key_at(
+    node: &Node<'_>,
+    key: &str,
+    ctx: &Ctx<'_>,
+) -> Result<Option<SigningKey>, ConfigError> {
+    let Some(secret) = secret::read(node, key, ctx)? else {
+        return Ok(None);
+    };
+    use secrecy::ExposeSecret;
+    // The parse error is not shown: it can quote a character of the secret.
+    let key_value = SigningKey::parse(secret.value.expose_secret()).map_err(|_| {
+        node.err(
+            key,
+            format!(
+                "the secret from {} is not a Standard Webhooks signing secret \
+                 (`whsec_` followed by base64 of 24 to 64 bytes)",
+                secret.source
+            ),
+        )
+    })?;
+    Ok(Some(key_value))
 }
 
 fn oauth(

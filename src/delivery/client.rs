@@ -334,7 +334,13 @@ impl Deliverer {
         headers.insert(WEBHOOK_ID, id);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
         if let Some(key) = &endpoint.settings.signing_key {
-            let signature = key.sign(&event.id, timestamp, &event.body);
+            let mut signature = key.sign(&event.id, timestamp, &event.body);
+            // During a rotation, the retiring secret's signature too: the header is a
+            // space-separated list, and a receiver accepts the request when any one verifies.
+            if let Some(previous) = &endpoint.settings.previous_signing_key {
+                signature.push(' ');
+                signature.push_str(&previous.sign(&event.id, timestamp, &event.body));
+            }
             let signature = HeaderValue::from_str(&signature).map_err(|_| AttemptError::Request)?;
             headers.insert(WEBHOOK_SIGNATURE, signature);
         }

@@ -340,6 +340,7 @@ pub fn organization(url: Url) -> OrganizationSettings {
         regulations: BTreeSet::from(["gdpr".to_owned()]),
         headers: Vec::new(),
         signing_key: None,
+        previous_signing_key: None,
         oauth: None,
         allow_http: true,
         allow_private_addresses: true,

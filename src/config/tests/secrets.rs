@@ -188,3 +188,24 @@ fn rendered_urls_hide_their_query() {
     }
     assert!(text.contains("?[redacted]"), "{text}");
 }
+
+#[test]
+fn a_previous_signing_secret_needs_a_current_one_and_is_redacted() {
+    let s = parse(&org("signing_secret = { env = \"ACME_SIGNING_SECRET\" }\n\
+         previous_signing_secret = { env = \"ACME_SIGNING_SECRET\" }"))
+    .unwrap();
+    assert!(s.organizations["acme"].previous_signing_key.is_some());
+    let text = render_redacted(&s);
+    assert!(
+        text.contains("previous_signing_secret = \"[redacted]\""),
+        "{text}"
+    );
+    assert_no_secret(&text);
+    let e = super::error(&org(
+        "previous_signing_secret = { env = \"ACME_SIGNING_SECRET\" }",
+    ));
+    assert!(
+        e.starts_with("organizations.acme.previous_signing_secret: needs a signing_secret"),
+        "{e}"
+    );
+}

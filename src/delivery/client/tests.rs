@@ -67,6 +67,32 @@ async fn posts_the_body_with_standard_webhooks_headers_and_a_valid_signature() {
     );
 }
 
+/// A signing-secret rotation: both signatures, space-separated, the current one first; a
+/// receiver holding either secret verifies the request.
+#[tokio::test]
+async fn a_rotation_sends_both_signatures() {
+    const PREVIOUS: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let receiver = Receiver::start().await;
+    let mut settings = organization(receiver.url());
+    settings.signing_key = Some(SigningKey::parse(SECRET).expect("key"));
+    settings.previous_signing_key = Some(SigningKey::parse(PREVIOUS).expect("key"));
+    assert_eq!(attempt_with(&deliverer(), settings).await, ok(200));
+    let got = &receiver.received()[0];
+    let id = got.header("webhook-id").unwrap();
+    let timestamp: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
+    let header = got.header("webhook-signature").unwrap();
+    let signatures: Vec<&str> = header.split(' ').collect();
+    let expected = [SECRET, PREVIOUS].map(|secret| {
+        SigningKey::parse(secret)
+            .unwrap()
+            .sign(id, timestamp, &got.body)
+    });
+    assert_eq!(
+        signatures,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn no_signature_without_a_signing_key() {
     let receiver = Receiver::start().await;
