@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::command::{self, Run};
 use support::kafka::{self, Consumed};
 use support::receiver::{Received, Receiver};
 use support::records;
@@ -19,46 +20,6 @@ use support::service::{organization, Service, Topics};
 const RETRY: &str = r#"retry = { schedule = ["100ms", "200ms"], max_jitter = "0s", budget = "2s", allow_below_minimum = true }"#;
 const MARKER_HEADER: &str = "webhook-dead-letter-resolved";
 
-/// What a redrive process printed and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// A number from the summary, e.g. `count("delivered")`.
-    fn count(&self, name: &str) -> u64 {
-        let prefix = format!("  {name}: ");
-        self.stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{}", self.stdout))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", self.stdout))
-    }
-
-    fn line(&self, name: &str) -> String {
-        let prefix = format!("  {name}: ");
-        self.stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{}", self.stdout))
-            .to_owned()
-    }
-
-    fn assert_success(&self) {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "redrive failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
 fn write_config(dir: &Path, name: &str, config: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, config).unwrap();
@@ -67,24 +28,7 @@ fn write_config(dir: &Path, name: &str, config: &str) -> PathBuf {
 
 /// Runs `consent-webhooks redrive --config CONFIG ARGS...` to completion.
 async fn redrive(config: &Path, args: &[&str]) -> Run {
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_consent-webhooks"))
-            .args(["--log-format", "json", "redrive", "--config"])
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "info,consent_webhooks=debug")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("redrive ends within two minutes")
-    .expect("run consent-webhooks redrive");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command::run("redrive", config, args).await
 }
 
 /// Starts the service, feeds it `input`, waits for `expected` dead letters, stops it.

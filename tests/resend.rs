@@ -9,60 +9,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use support::command::{self, Run};
 use support::kafka;
 use support::receiver::Receiver;
 use support::records;
 use support::schemas::assert_dead_letter;
 use support::service::{organization, Topics};
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn count(&self, name: &str) -> u64 {
-        let prefix = format!("  {name}: ");
-        self.stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{}", self.stdout))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", self.stdout))
-    }
-
-    fn assert_success(&self) {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "resend failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
 async fn resend(config: &Path, args: &[&str]) -> Run {
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_consent-webhooks"))
-            .args(["--log-format", "json", "resend", "--config"])
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "info,consent_webhooks=debug")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("resend ends within two minutes")
-    .expect("run consent-webhooks resend");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command::run("resend", config, args).await
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

@@ -363,20 +363,13 @@ fn index_record(index: &mut Index, message: &OwnedMessage) {
 
 /// Prints the summary on stdout and picks the exit status.
 fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
     let t = &summary.tally;
-    let failed = t
-        .failed_again
-        .iter()
-        .map(|(reason, n)| format!("{reason}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let failed = t.failed_by_reason();
     let title = match (summary.dry_run, summary.interrupted) {
         (true, _) => "redrive summary (dry run: nothing delivered or written)",
         (false, true) => "redrive summary (interrupted)",
         (false, false) => "redrive summary",
     };
-    writeln!(out, "{title}")?;
     let rows: [(&str, String); 15] = [
         ("scanned", summary.scanned.to_string()),
         ("dead letters", summary.dead_letters.to_string()),
@@ -393,15 +386,27 @@ fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
         ("delivered", t.delivered.to_string()),
         ("delivered unrecorded", t.delivered_unrecorded.to_string()),
         ("failed again", t.failed_again_total().to_string()),
-        ("failed again by reason", format!("{{{failed}}}")),
+        ("failed again by reason", failed),
         ("not accepted by endpoint", t.not_accepted.to_string()),
         ("not attempted", t.not_attempted.to_string()),
     ];
+    print_summary(title, &rows, summary.interrupted)
+}
+
+/// Prints a run's summary on stdout (a title, then `  name: value` lines); the exit status is
+/// 130 when the run was interrupted, else 0.
+pub(crate) fn print_summary(
+    title: &str,
+    rows: &[(&str, String)],
+    interrupted: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{title}")?;
     for (name, value) in rows {
         writeln!(out, "  {name}: {value}")?;
     }
     out.flush()?;
-    Ok(if summary.interrupted {
+    Ok(if interrupted {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS

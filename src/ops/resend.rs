@@ -38,7 +38,7 @@ use crate::derive::{derive_record, Derived};
 
 use super::redrive::deliver::{Job, Redriver, Tally};
 use super::redrive::scan::{capture_ranges, parse_time, Ranges, Scanner};
-use super::redrive::{stop_on_signal, Progress};
+use super::redrive::{print_summary, stop_on_signal, Progress};
 
 #[derive(Debug, Args)]
 pub struct ResendArgs {
@@ -289,20 +289,12 @@ fn offsets_for_time(
 }
 
 fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
     let t = &summary.tally;
-    let failed = t
-        .failed_again
-        .iter()
-        .map(|(reason, n)| format!("{reason}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let title = match (summary.dry_run, summary.interrupted) {
         (true, _) => "resend summary (dry run: nothing delivered or written)",
         (false, true) => "resend summary (interrupted)",
         (false, false) => "resend summary",
     };
-    writeln!(out, "{title}")?;
     let rows: [(&str, String); 10] = [
         ("records read", summary.read.to_string()),
         ("rejected records", summary.rejected.to_string()),
@@ -314,17 +306,9 @@ fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
         ("selected", summary.selected.to_string()),
         ("delivered", t.delivered.to_string()),
         ("dead-lettered", t.failed_again_total().to_string()),
-        ("dead-lettered by reason", format!("{{{failed}}}")),
+        ("dead-lettered by reason", t.failed_by_reason()),
         ("not accepted by endpoint", t.not_accepted.to_string()),
         ("not attempted", t.not_attempted.to_string()),
     ];
-    for (name, value) in rows {
-        writeln!(out, "  {name}: {value}")?;
-    }
-    out.flush()?;
-    Ok(if summary.interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    print_summary(title, &rows, summary.interrupted)
 }

@@ -69,6 +69,16 @@ impl Tally {
         }
     }
 
+    /// `{reason: n, ...}` for a summary line.
+    pub fn failed_by_reason(&self) -> String {
+        let reasons: Vec<String> = self
+            .failed_again
+            .iter()
+            .map(|(reason, n)| format!("{reason}: {n}"))
+            .collect();
+        format!("{{{}}}", reasons.join(", "))
+    }
+
     pub fn failed_again_total(&self) -> u64 {
         self.failed_again.values().sum()
     }
