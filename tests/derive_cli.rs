@@ -13,6 +13,24 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_consent-webhooks"))
 }
 
+/// `consent-webhooks derive` with `input` on stdin.
+fn derive_stdin(input: &str) -> std::process::Output {
+    let mut child = bin()
+        .arg("derive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn derives_the_sample_records_in_order_and_every_event_matches_the_schema() {
     let samples = repo_root().join("deploy/sample-records.jsonl");
@@ -61,20 +79,7 @@ fn rejected_lines_are_reported_with_line_numbers_and_the_rest_goes_on() {
     let first_valid = valid.lines().next().unwrap();
     let input = format!("{first_valid}\n{invalid}{first_valid}\n");
 
-    let mut child = bin()
-        .arg("derive")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = derive_stdin(&input);
 
     assert_eq!(
         out.status.code(),
@@ -141,20 +146,7 @@ fn hostile_entities_are_rejected_never_delivered() {
             format_args!("{}{}", "[".repeat(50), "]".repeat(50))
         ),
     ];
-    let mut child = bin()
-        .args(["derive", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = derive_stdin(&lines.join("\n"));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let codes: Vec<&str> = stderr
         .lines()
