@@ -184,6 +184,17 @@ async fn a_dead_letter_too_large_for_its_topic_is_stored_as_a_reference() {
     )
     .await;
     assert!(too_large >= 1.0, "too_large failures counted: {too_large}");
+
+    // redrive tells a reference (nothing to deliver: its body is in the source record) from
+    // an unreadable record.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &config).unwrap();
+    let run = support::command::run("redrive", &path, &["--dry-run"]).await;
+    run.assert_success();
+    assert_eq!(run.count("references without a body"), 1, "{}", run.stdout);
+    assert_eq!(run.count("dead letters"), 1);
+    assert_eq!(run.count("unreadable"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,7 @@ use crate::deadletter::{DeadLetter, DeadLetterReason, Producers};
 use crate::delivery::Deliverer;
 
 use deliver::{Job, Redriver, Tally};
-use scan::{capture_ranges, is_marker, parse_time, Marker, Ranges, Scanner};
+use scan::{capture_ranges, is_marker, is_reference, parse_time, Marker, Ranges, Scanner};
 use select::{select, Entry, Filters, Index, Selection};
 
 pub use scan::RESOLVED_HEADER;
@@ -127,6 +127,7 @@ struct Summary {
     dead_letters: u64,
     markers: u64,
     unreadable: u64,
+    references: u64,
     superseded: u64,
     already_resolved: u64,
     filtered_out: u64,
@@ -183,6 +184,7 @@ async fn redrive(settings: Settings, args: RedriveArgs) -> anyhow::Result<ExitCo
     summary.dead_letters = index.dead_letters;
     summary.markers = index.markers;
     summary.unreadable = index.unreadable;
+    summary.references = index.references;
     summary.superseded = index.superseded;
     let filters = Filters {
         organizations: args.organizations.clone(),
@@ -225,6 +227,7 @@ async fn redrive(settings: Settings, args: RedriveArgs) -> anyhow::Result<ExitCo
     // Pass 2: deliver.
     let deliverer = Deliverer::new(&settings.delivery).context("cannot build the HTTP client")?;
     let producers = Producers::new(kafka).context("cannot create the Kafka producer")?;
+    tokio::spawn(stop_on_fatal(producers.clone(), stop.clone()));
     let progress = Progress::new(tty, "redriving", summary.selected);
     let redriver = Arc::new(Redriver::new(
         &settings,
@@ -256,7 +259,26 @@ async fn redrive(settings: Settings, args: RedriveArgs) -> anyhow::Result<ExitCo
         let _ = finish(&summary);
         return Err(error);
     }
-    finish(&summary)
+    let printed = finish(&summary);
+    fatal_error(&producers).map_or(printed, Err)
+}
+
+/// Stops a run (no new attempt) once the producer met a fatal failure: every later write
+/// would fail the same way.
+pub(crate) async fn stop_on_fatal(producers: Producers, stop: CancellationToken) {
+    producers.fatal().cancelled().await;
+    stop.cancel();
+}
+
+/// The run's error when the producer met a fatal failure (exit 1, naming it).
+pub(crate) fn fatal_error(producers: &Producers) -> Option<anyhow::Error> {
+    producers.fatal_failure().map(|failure| {
+        anyhow::anyhow!(
+            "the dead-letter topic refused a write ({}): stopped; what was not written is left \
+             as it was (see the ConsentWebhooksOutputWriteFailures runbook)",
+            failure.code()
+        )
+    })
 }
 
 /// Reads the selected records again and hands them to the redriver, at most [`MAX_PENDING`] at
@@ -333,6 +355,17 @@ fn index_record(index: &mut Index, message: &OwnedMessage) {
         }
         return;
     }
+    if is_reference(message) {
+        // Too large for the topic when written: its body is in the source record only.
+        tracing::warn!(
+            partition,
+            offset,
+            "a dead letter stored as a reference (no event body): replay or resend its source \
+             offsets to deliver it"
+        );
+        index.add_reference();
+        return;
+    }
     let entry = serde_json::from_slice::<DeadLetter>(payload)
         .map_err(|e| e.to_string())
         .and_then(|record| {
@@ -370,11 +403,12 @@ fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
         (false, true) => "redrive summary (interrupted)",
         (false, false) => "redrive summary",
     };
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 16] = [
         ("scanned", summary.scanned.to_string()),
         ("dead letters", summary.dead_letters.to_string()),
         ("resolution markers", summary.markers.to_string()),
         ("unreadable", summary.unreadable.to_string()),
+        ("references without a body", summary.references.to_string()),
         ("skipped superseded", summary.superseded.to_string()),
         (
             "skipped already resolved",

@@ -38,7 +38,7 @@ use crate::derive::{derive_record, Derived};
 
 use super::redrive::deliver::{Job, Redriver, Tally};
 use super::redrive::scan::{capture_ranges, parse_time, Ranges, Scanner};
-use super::redrive::{print_summary, stop_on_signal, Progress};
+use super::redrive::{fatal_error, print_summary, stop_on_fatal, stop_on_signal, Progress};
 
 #[derive(Debug, Args)]
 pub struct ResendArgs {
@@ -145,6 +145,7 @@ async fn resend(settings: Settings, args: ResendArgs) -> anyhow::Result<ExitCode
         let deliverer =
             Deliverer::new(&settings.delivery).context("cannot build the HTTP client")?;
         let producers = Producers::new(kafka).context("cannot create the Kafka producer")?;
+        tokio::spawn(stop_on_fatal(producers.clone(), stop.clone()));
         let redriver = Redriver::new(
             &settings,
             deliverer,
@@ -216,16 +217,18 @@ async fn resend(settings: Settings, args: ResendArgs) -> anyhow::Result<ExitCode
     .await;
     drop(out);
     reading.finish();
+    let mut fatal = None;
     if let Some((redriver, producers)) = redriver {
         summary.tally = redriver.finish().await;
         producers.flush(Duration::from_secs(10));
+        fatal = fatal_error(&producers);
     }
     summary.interrupted = stop.is_cancelled();
     if !args.dry_run {
         summary.tally.not_attempted += summary.selected.saturating_sub(summary.tally.done());
     }
     let printed = finish(&summary);
-    read.and(printed)
+    read.and(fatal.map_or(printed, Err))
 }
 
 /// Per partition of the input topic, the offsets from `--since` to `--until` (or to the end

@@ -79,6 +79,16 @@ pub fn is_marker(message: &OwnedMessage) -> bool {
         .is_some_and(|headers| headers.iter().any(|h| h.key == RESOLVED_HEADER))
 }
 
+/// Whether a record is a dead letter stored in its reference form (too large for the topic:
+/// no event body, only where its source record is).
+pub fn is_reference(message: &OwnedMessage) -> bool {
+    message.headers().is_some_and(|headers| {
+        headers.iter().any(|h| {
+            h.key == crate::deadletter::DEAD_LETTER_FORM_HEADER && h.value == Some(b"reference")
+        })
+    })
+}
+
 /// Per partition: `[start, end)` to read.
 pub type Ranges = HashMap<i32, (i64, i64)>;
 

@@ -44,6 +44,8 @@ pub struct Index {
     pub dead_letters: u64,
     pub markers: u64,
     pub unreadable: u64,
+    /// Dead letters in reference form: no body to deliver.
+    pub references: u64,
     pub superseded: u64,
 }
 
@@ -66,6 +68,10 @@ impl Index {
     pub fn add_marker(&mut self, resolves: Coordinates) {
         self.markers += 1;
         self.resolved.insert(resolves);
+    }
+
+    pub fn add_reference(&mut self) {
+        self.references += 1;
     }
 
     pub fn add_unreadable(&mut self) {
