@@ -1,9 +1,15 @@
-//! librdkafka client configuration shared by the consumer and the producers.
+//! librdkafka client configuration shared by the consumer and the producers, and the offset
+//! look-up by time that `replay` and `resend` share.
 //!
 //! Guarantee: every client gets the operator's pass-through properties (so SASL/SSL to a managed
 //! cluster work the same everywhere), with secret properties applied last and never logged.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use secrecy::ExposeSecret;
 
 use crate::config::KafkaSettings;
@@ -26,4 +32,37 @@ pub fn client_config(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> Client
         config.set(key, value.expose_secret());
     }
     config
+}
+
+/// Per partition, the offset of the first record at or after `time` (`None`: no such record).
+pub fn offsets_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    time: DateTime<Utc>,
+    timeout: Duration,
+) -> Result<Vec<Option<i64>>, String> {
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        list.add_partition_offset(topic, p, Offset::Offset(time.timestamp_millis()))
+            .map_err(|e| format!("cannot build the offset list: {e}"))?;
+    }
+    let list = consumer
+        .offsets_for_times(list, timeout)
+        .map_err(|e| format!("cannot look up offsets by time: {e}"))?;
+    partitions
+        .iter()
+        .map(|&p| {
+            let element = list
+                .find_partition(topic, p)
+                .ok_or_else(|| format!("no offset-by-time answer for {p}"))?;
+            element
+                .error()
+                .map_err(|e| format!("cannot look up the offset by time of {p}: {e}"))?;
+            Ok(match element.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            })
+        })
+        .collect()
 }

@@ -66,8 +66,9 @@ impl Permits {
         waiting.await.expect("a queued waiter is served")
     }
 
-    /// Permits free right now (for tests and metrics).
-    pub fn available(&self) -> usize {
+    /// Permits free right now.
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
         self.lock().available
     }
 

@@ -137,13 +137,10 @@ fn replay(args: &ReplayArgs) -> Result<(), Failure> {
     let before = committed(&consumer, topic, &partitions, timeout)?;
     let mut rows = Vec::with_capacity(partitions.len());
     let times = match target {
-        Target::Time(time) => Some(offsets_for_time(
-            &consumer,
-            topic,
-            &partitions,
-            time,
-            timeout,
-        )?),
+        Target::Time(time) => Some(
+            crate::kafka::offsets_for_time(&consumer, topic, &partitions, time, timeout)
+                .map_err(Failure::Failed)?,
+        ),
         Target::Earliest => None,
     };
     let reset = ResetPolicy::of(&settings);
@@ -528,39 +525,6 @@ fn committed(
             })?;
             Ok(match element.offset() {
                 Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-        })
-        .collect()
-}
-
-/// Per partition, the offset of the first record at or after `time` (`None`: no such record).
-fn offsets_for_time(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-    time: DateTime<Utc>,
-    timeout: Duration,
-) -> Result<Vec<Option<i64>>, Failure> {
-    let mut list = TopicPartitionList::new();
-    for &p in partitions {
-        list.add_partition_offset(topic, p, Offset::Offset(time.timestamp_millis()))
-            .map_err(|e| Failure::Failed(format!("cannot build the offset list: {e}")))?;
-    }
-    let list = consumer
-        .offsets_for_times(list, timeout)
-        .map_err(|e| Failure::Failed(format!("cannot look up offsets by time: {e}")))?;
-    partitions
-        .iter()
-        .map(|&p| {
-            let element = list
-                .find_partition(topic, p)
-                .ok_or_else(|| Failure::Failed(format!("no offset-by-time answer for {p}")))?;
-            element.error().map_err(|e| {
-                Failure::Failed(format!("cannot look up the offset by time of {p}: {e}"))
-            })?;
-            Ok(match element.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
                 _ => None,
             })
         })

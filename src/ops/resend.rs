@@ -25,9 +25,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +34,7 @@ use crate::config::Settings;
 use crate::deadletter::Producers;
 use crate::delivery::Deliverer;
 use crate::derive::{derive_record, Derived};
+use crate::kafka::offsets_for_time;
 
 use super::redrive::deliver::{Job, Redriver, Tally};
 use super::redrive::scan::{capture_ranges, parse_time, Ranges, Scanner};
@@ -241,9 +241,13 @@ fn time_ranges(settings: &Settings, args: &ResendArgs) -> anyhow::Result<Ranges>
         .create()
         .context("cannot create a Kafka client")?;
     let partitions: Vec<i32> = now.keys().copied().collect();
-    let since = offsets_for_time(&consumer, topic, &partitions, args.since)?;
+    let at = |time| {
+        offsets_for_time(&consumer, topic, &partitions, time, LOOKUP_TIMEOUT)
+            .map_err(anyhow::Error::msg)
+    };
+    let since = at(args.since)?;
     let until = match args.until {
-        Some(until) => offsets_for_time(&consumer, topic, &partitions, until)?,
+        Some(until) => at(until)?,
         None => vec![None; partitions.len()],
     };
     let mut ranges = Ranges::new();
@@ -257,38 +261,6 @@ fn time_ranges(settings: &Settings, args: &ResendArgs) -> anyhow::Result<Ranges>
         }
     }
     Ok(ranges)
-}
-
-/// Per partition, the offset of the first record at or after `time` (`None`: no such record).
-fn offsets_for_time(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-    time: DateTime<Utc>,
-) -> anyhow::Result<Vec<Option<i64>>> {
-    let mut list = TopicPartitionList::new();
-    for &p in partitions {
-        list.add_partition_offset(topic, p, Offset::Offset(time.timestamp_millis()))
-            .context("cannot build the offset list")?;
-    }
-    let list = consumer
-        .offsets_for_times(list, LOOKUP_TIMEOUT)
-        .with_context(|| format!("cannot look up the offsets of {topic} at {time}"))?;
-    partitions
-        .iter()
-        .map(|&p| {
-            let element = list
-                .find_partition(topic, p)
-                .with_context(|| format!("no offset-by-time answer for {topic}/{p}"))?;
-            element
-                .error()
-                .with_context(|| format!("cannot look up the offset by time of {topic}/{p}"))?;
-            Ok(match element.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
-            })
-        })
-        .collect()
 }
 
 fn finish(summary: &Summary) -> anyhow::Result<ExitCode> {
