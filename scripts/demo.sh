@@ -72,7 +72,7 @@ else
 fi
 
 # On a broker this run did not start, other runs may use the default names: take our own.
-topics=(consent.changes consent.webhooks.dead-letter consent.changes.rejected)
+topics=(consent.changes consent.webhooks.dead-letter consent.changes.rejected consent.webhooks.retry)
 if [ -z "$own_kafka_dir" ]; then
   run_id="demo-$(date +%s)-$$"
   topics=("${topics[@]/#/$run_id.}")
@@ -82,8 +82,10 @@ fi
 export CONSENT_WEBHOOKS__KAFKA__INPUT_TOPIC="${topics[0]}"
 export CONSENT_WEBHOOKS__KAFKA__DEAD_LETTER_TOPIC="${topics[1]}"
 export CONSENT_WEBHOOKS__KAFKA__REJECTED_TOPIC="${topics[2]}"
-partitions=(3 1 1)
-for i in 0 1 2; do
+export CONSENT_WEBHOOKS__KAFKA__RETRY_TOPIC="${topics[3]}"
+# The retry topic has as many partitions as the input topic.
+partitions=(3 1 1 3)
+for i in 0 1 2 3; do
   "$kafka" topics --bootstrap-server "$bootstrap" --create --if-not-exists \
     --topic "${topics[$i]}" --partitions "${partitions[$i]}" --replication-factor 1 >/dev/null
 done

@@ -53,18 +53,22 @@ pub enum DeadLetterReason {
     AddressRefused,
     /// At redrive, the organization has no endpoint any more.
     EndpointNotConfigured,
-    /// The organization already had `max_pending_per_organization` events queued or retrying:
-    /// parked here at once so that its endpoint cannot hold the others up.
+    /// Written by versions before durable retries, when an organization's lane was full; no
+    /// longer written (a full lane parks on the retry topic), still read by `redrive`.
     LaneOverflow,
+    /// The retry topic refused the event's parked record (larger than its
+    /// `max.message.bytes`): dead-lettered at once, with the attempts made so far.
+    ParkRefused,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 6] = [
         DeadLetterReason::Exhausted,
         DeadLetterReason::PermanentStatus,
         DeadLetterReason::AddressRefused,
         DeadLetterReason::EndpointNotConfigured,
         DeadLetterReason::LaneOverflow,
+        DeadLetterReason::ParkRefused,
     ];
 
     pub fn code(self) -> &'static str {
@@ -74,6 +78,7 @@ impl DeadLetterReason {
             DeadLetterReason::AddressRefused => "address_refused",
             DeadLetterReason::EndpointNotConfigured => "endpoint_not_configured",
             DeadLetterReason::LaneOverflow => "lane_overflow",
+            DeadLetterReason::ParkRefused => "park_refused",
         }
     }
 }
@@ -138,6 +143,18 @@ impl DeadLetter {
         attempts: &[Attempt],
         source: SourceRef,
     ) -> Self {
+        let attempts = attempts.iter().map(AttemptRecord::from).collect();
+        DeadLetter::with_records(event, endpoint_url, reason, attempts, source)
+    }
+
+    /// Like [`DeadLetter::new`], with the attempts as stored (a parked event's history).
+    pub fn with_records(
+        event: &WebhookEvent,
+        endpoint_url: Option<&Url>,
+        reason: DeadLetterReason,
+        attempts: Vec<AttemptRecord>,
+        source: SourceRef,
+    ) -> Self {
         let body = std::str::from_utf8(&event.body)
             .ok()
             .and_then(|s| RawValue::from_string(s.to_owned()).ok())
@@ -150,7 +167,7 @@ impl DeadLetter {
                 url: endpoint_url.map(public_url),
             },
             reason,
-            attempts: attempts.iter().map(AttemptRecord::from).collect(),
+            attempts,
             source,
             dead_lettered_at: timestamp(Utc::now()),
         }

@@ -1,39 +1,56 @@
-//! Fan-out: one lane per organization, each delivering its events with retries.
+//! Fan-out: one lane per organization; each event gets its first attempt here, and waits in
+//! memory for nothing but its turn.
 //!
 //! Guarantees:
+//! - **Nothing waits in memory for a retry.** An event whose attempt failed and may be tried
+//!   again is parked (see [`crate::park`]): written with its whole delivery state to the retry
+//!   topic, and its source record is done once that write is acknowledged. Parked events come
+//!   back as [`Work::Parked`] at their due time's reading and continue their schedule here.
 //! - **Order per key.** Events with the same Kafka record key (SPEC §1 recommends
-//!   `organization/user`) are delivered one after the other, in offset order: the next starts
-//!   when the previous one is delivered or dead-lettered. Events without a key are unordered.
+//!   `organization/user`) are attempted one after the other, in offset order; while a key has a
+//!   parked event, its next events are parked behind it without an attempt, and parked events
+//!   of a key are attempted in source order. Events without a key are unordered.
 //! - **Isolation.** An organization's requests are capped by its endpoint's `concurrency`, and
-//!   all requests by `max_in_flight_requests`; both permits are held only during an attempt,
-//!   never while waiting to retry, so a slow or dead endpoint holds only its own lane.
-//! - **Bounded.** A lane holds at most `max_pending_per_organization` events (queued, in
-//!   flight or waiting to retry). When it is full, a new event for it is dead-lettered at once
-//!   with reason `lane_overflow` (nothing is lost; `redrive` delivers it later), so that one dead
-//!   endpoint cannot fill memory or stall the partitions it shares with others.
-//! - **Completion.** A record's ticket is completed exactly when its outcome is terminal:
-//!   delivered, dead-letter write acknowledged, rejected-topic write acknowledged, or nothing
-//!   to deliver (no endpoint, filtered out). Cancelled work (revoke, shutdown) is not
-//!   completed, so its offset is not committed and the record is consumed again.
+//!   all requests by `max_in_flight_requests`; due retries take permits before first attempts.
+//!   A lane holds at most `max_pending_per_organization` events before their first attempt, and
+//!   no more than its endpoint's `concurrency` while that endpoint's last attempt failed;
+//!   beyond, new events are parked at once (reason `lane_full`), so a dead endpoint never fills
+//!   memory nor pauses the partitions it shares with others.
+//! - **Completion.** A ticket is completed exactly when its outcome is terminal or durable:
+//!   delivered, dead-letter write acknowledged, park write acknowledged, rejected-topic write
+//!   acknowledged, or nothing to deliver. Cancelled work is not completed (consumed again).
+//! - **Leaving** (revoke, shutdown): what waits — for permits, behind its key, for its due
+//!   time — is parked (reason `revoked` or `shutdown`); attempts in flight finish.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::time::Instant;
 
+use chrono::Utc;
 use prometheus::IntGauge;
-use tokio::sync::mpsc;
+use rdkafka::message::{Header, OwnedHeaders};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::change::Rejection;
 use crate::config::Settings;
-use crate::deadletter::{DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef};
-use crate::delivery::{
-    Attempt, Decision, Deliverer, GiveUpReason, Permits, Priority, Target, TokenSource,
+use crate::deadletter::{
+    AttemptRecord, DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef, WriteError,
 };
+use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Priority, Target, TokenSource};
+use crate::delivery::{Permit, Permits};
 use crate::ingest::{Progress, Ticket};
+use crate::park::{ParkReason, Parked, Parking, Read, Turn};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
+
+/// Headers of a parked record, so that a reader can tell what it holds without its body.
+pub const PARKED_ORGANIZATION_HEADER: &str = "consent-webhooks-organization";
+pub const PARKED_EVENT_ID_HEADER: &str = "webhook-id";
+pub const PARKED_DUE_HEADER: &str = "consent-webhooks-due";
+pub const PARKED_REASON_HEADER: &str = "consent-webhooks-park-reason";
 
 /// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
 #[derive(Debug)]
@@ -49,38 +66,64 @@ pub enum Work {
         record: InputRecord,
         rejection: Rejection,
     },
+    /// A parked record read back from the retry topic (its ticket is on the retry topic).
+    Parked {
+        ticket: Ticket,
+        key: Vec<u8>,
+        parked: Box<Parked>,
+    },
 }
 
-/// How a delivery ended.
+/// How an event's turn here ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
     DeadLettered(DeadLetterReason),
+    /// Written to the retry topic (acknowledged): continued from there.
+    Parked(ParkReason),
+    /// Nothing to do: no endpoint, filtered out, already parked, or a superseded record.
+    Skipped,
     /// Cancelled by a revoke or shutdown: not done, consumed again later.
     Abandoned,
+}
+
+/// What the dispatcher shares with the rest of the pipeline.
+pub struct Parts {
+    pub producers: Producers,
+    /// Input records taken and not done.
+    pub progress: Arc<Progress>,
+    /// Parked records read back and not done.
+    pub retry_progress: Arc<Progress>,
+    pub parking: Arc<Parking>,
+    /// Cancelled at shutdown (what is parked then says `shutdown`, not `revoked`).
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything the lanes share.
 struct Shared {
     deliverer: Deliverer,
-    producers: Producers,
-    progress: Arc<Progress>,
+    cx: Parts,
+    /// Each organization's endpoint URL, for dead letters written outside a lane.
+    urls: HashMap<String, reqwest::Url>,
     global: Permits,
     max_pending_per_organization: usize,
-    tasks: TaskTracker,
-    metrics: Arc<Metrics>,
 }
 
 struct Lane {
     target: Target,
     state: Mutex<LaneState>,
+    /// The endpoint's last attempt failed: the lane takes no more than `concurrency` events.
+    failing: AtomicBool,
+    concurrency: usize,
 }
 
 #[derive(Default)]
 struct LaneState {
     /// Keys with a worker running, and the events waiting behind it.
     keys: HashMap<Vec<u8>, VecDeque<Job>>,
-    /// Events in this lane that are not terminal yet.
+    /// Events in this lane that are not done yet.
     pending: usize,
 }
 
@@ -88,6 +131,8 @@ struct Job {
     ticket: Ticket,
     event: WebhookEvent,
     source: SourceRef,
+    /// The lane was full when it came: parked without an attempt.
+    lane_full: bool,
 }
 
 pub struct Dispatcher {
@@ -96,14 +141,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(
-        settings: &Settings,
-        deliverer: Deliverer,
-        producers: Producers,
-        progress: Arc<Progress>,
-        tasks: TaskTracker,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(settings: &Settings, deliverer: Deliverer, cx: Parts) -> Self {
         let lanes = settings
             .organizations
             .iter()
@@ -111,19 +149,24 @@ impl Dispatcher {
                 let lane = Lane {
                     target: Target::new(&deliverer, id, org),
                     state: Mutex::new(LaneState::default()),
+                    failing: AtomicBool::new(false),
+                    concurrency: org.concurrency,
                 };
                 (id.clone(), Arc::new(lane))
             })
             .collect();
+        let urls = settings
+            .organizations
+            .iter()
+            .map(|(id, org)| (id.clone(), org.url.clone()))
+            .collect();
         Dispatcher {
             shared: Arc::new(Shared {
                 deliverer,
-                producers,
-                progress,
+                cx,
+                urls,
                 global: Permits::new(settings.delivery.max_in_flight_requests),
                 max_pending_per_organization: settings.delivery.max_pending_per_organization,
-                tasks,
-                metrics,
             }),
             lanes,
         }
@@ -147,15 +190,48 @@ impl Dispatcher {
         }
     }
 
+    /// The lane of an event, or why it has none (counted).
+    fn lane_for(&self, event: &WebhookEvent) -> Option<Arc<Lane>> {
+        let metrics = &self.shared.cx.metrics;
+        match self.lanes.get(&event.organization_id) {
+            Some(lane)
+                if lane
+                    .target
+                    .endpoint
+                    .settings
+                    .accepts(event.event_type, &event.regulation) =>
+            {
+                Some(lane.clone())
+            }
+            Some(_) => {
+                metrics
+                    .events_skipped
+                    .with_label_values(&["filtered"])
+                    .inc();
+                debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
+                None
+            }
+            None => {
+                metrics
+                    .events_skipped
+                    .with_label_values(&["no_endpoint"])
+                    .inc();
+                debug!(organization_id = %event.organization_id, "no endpoint configured; skipped");
+                None
+            }
+        }
+    }
+
     fn dispatch(&self, work: Work) {
+        let shared = &self.shared;
         match work {
             Work::Reject {
                 ticket,
                 record,
                 rejection,
             } => {
-                let shared = self.shared.clone();
-                self.shared.tasks.spawn(async move {
+                let shared = shared.clone();
+                self.shared.cx.tasks.spawn(async move {
                     warn!(
                         partition = record.partition,
                         offset = record.offset,
@@ -163,12 +239,13 @@ impl Dispatcher {
                         "record rejected: {rejection}"
                     );
                     if shared
+                        .cx
                         .producers
                         .reject(&record, &rejection, &ticket.cancel)
                         .await
                         .is_ok()
                     {
-                        shared.progress.complete(&ticket);
+                        shared.cx.progress.complete(&ticket);
                     }
                 });
             }
@@ -178,70 +255,131 @@ impl Dispatcher {
                 event,
                 source,
             } => {
-                let lane = match self.lanes.get(&event.organization_id) {
-                    Some(lane)
-                        if lane
-                            .target
-                            .endpoint
-                            .settings
-                            .accepts(event.event_type, &event.regulation) =>
-                    {
-                        lane
-                    }
-                    Some(_) => {
-                        self.shared
-                            .metrics
-                            .events_skipped
-                            .with_label_values(&["filtered"])
-                            .inc();
-                        debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
-                        self.shared.progress.complete(&ticket);
-                        return;
-                    }
-                    None => {
-                        self.shared
-                            .metrics
-                            .events_skipped
-                            .with_label_values(&["no_endpoint"])
-                            .inc();
-                        debug!(organization_id = %event.organization_id, "no endpoint configured; skipped");
-                        self.shared.progress.complete(&ticket);
-                        return;
-                    }
+                let Some(lane) = self.lane_for(&event) else {
+                    shared.cx.progress.complete(&ticket);
+                    return;
                 };
                 // Without a key there is no order to keep: every record is its own key.
-                let key = key.unwrap_or_else(|| {
-                    format!("\0{}:{}", source.partition, source.offset).into_bytes()
-                });
-                submit(
-                    lane.clone(),
-                    self.shared.clone(),
-                    key,
-                    Job {
-                        ticket,
-                        event,
-                        source,
-                    },
-                );
+                let key = key.unwrap_or_else(|| keyless(&source));
+                let job = Job {
+                    ticket,
+                    event,
+                    source,
+                    lane_full: false,
+                };
+                submit(lane, shared.clone(), key, job);
             }
+            Work::Parked {
+                ticket,
+                key,
+                parked,
+            } => self.unpark(ticket, key, *parked),
         }
+    }
+
+    /// A parked record read back: skipped, held behind its key, parked again behind its key,
+    /// or attempted at its due time.
+    fn unpark(&self, ticket: Ticket, key: Vec<u8>, parked: Parked) {
+        let shared = &self.shared;
+        let (partition, source_offset) = (parked.source.partition, parked.source.offset);
+        let since_ms = parked.parked_at.timestamp_millis();
+        let read = shared
+            .cx
+            .parking
+            .read(partition, &key, source_offset, ticket.offset, since_ms);
+        let turn = match read {
+            Read::Obsolete => {
+                shared.cx.retry_progress.complete(&ticket);
+                return;
+            }
+            Read::ParkAgain => {
+                let shared = shared.clone();
+                shared.cx.tasks.clone().spawn(async move {
+                    let outcome = park(&shared, &key, parked, ParkReason::BehindKey, &ticket).await;
+                    if outcome != Outcome::Abandoned {
+                        shared.cx.retry_progress.complete(&ticket);
+                    }
+                });
+                return;
+            }
+            Read::Attempt => None,
+            Read::Hold(turn) => Some(turn),
+        };
+        let event = parked.webhook_event();
+        let lane = self.lane_for(&event);
+        if lane.is_some() {
+            shared
+                .cx
+                .metrics
+                .unparks
+                .with_label_values(&[&event.organization_id])
+                .inc();
+        }
+        let shared = shared.clone();
+        let span = tracing::info_span!(
+            "retry",
+            organization_id = %event.organization_id,
+            event_id = %event.id,
+            partition,
+            offset = source_offset,
+        );
+        shared.cx.tasks.clone().spawn(
+            async move {
+                let outcome = match lane {
+                    // The organization's endpoint was removed, or filters it out now.
+                    None => {
+                        shared.cx.parking.done(partition, &key, source_offset);
+                        Outcome::Skipped
+                    }
+                    Some(lane) => retry(&lane, &shared, &key, &ticket, parked, turn).await,
+                };
+                match outcome {
+                    Outcome::Abandoned => return,
+                    Outcome::Delivered | Outcome::DeadLettered(_) => {
+                        shared.cx.parking.done(partition, &key, source_offset);
+                    }
+                    // Skipped here: superseded by a later record of the event, which goes on.
+                    Outcome::Skipped | Outcome::Parked(_) => {}
+                }
+                shared.cx.retry_progress.complete(&ticket);
+            }
+            .instrument(span),
+        );
     }
 }
 
-fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, job: Job) {
+impl Shared {
+    fn url_of(&self, organization_id: &str) -> Option<reqwest::Url> {
+        self.urls.get(organization_id).cloned()
+    }
+}
+
+/// The key of a record without one: unique, so it orders nothing.
+fn keyless(source: &SourceRef) -> Vec<u8> {
+    format!("\0{}:{}", source.partition, source.offset).into_bytes()
+}
+
+/// What a revoke or a shutdown parks: which one it is.
+fn leaving(shared: &Shared) -> ParkReason {
+    if shared.cx.stop.is_cancelled() {
+        ParkReason::Shutdown
+    } else {
+        ParkReason::Revoked
+    }
+}
+
+fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, mut job: Job) {
     let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
-    if state.pending >= shared.max_pending_per_organization {
-        drop(state);
-        let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
-            warn!(organization_id = %job.event.organization_id, event_id = %job.event.id, "lane full; dead-lettering at once");
-            let outcome =
-                dead_letter(&shared, &lane, &job, DeadLetterReason::LaneOverflow, &[]).await;
-            if outcome != Outcome::Abandoned {
-                shared.progress.complete(&job.ticket);
-            }
-        });
-        return;
+    let running = state.keys.contains_key(&key);
+    // A key already running keeps its events behind it in memory (they are parked behind it as
+    // soon as it parks); a new key of a full lane is parked at once.
+    if !running {
+        let limit = if lane.failing.load(Ordering::Relaxed) {
+            lane.concurrency.min(shared.max_pending_per_organization)
+        } else {
+            shared.max_pending_per_organization
+        };
+        job.lane_full = state.pending >= limit;
     }
     state.pending += 1;
     if let Some(queue) = state.keys.get_mut(&key) {
@@ -250,11 +388,11 @@ fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, job: Job) {
     }
     state.keys.insert(key.clone(), VecDeque::new());
     drop(state);
-    let tasks = shared.tasks.clone();
+    let tasks = shared.cx.tasks.clone();
     tasks.spawn(run_key(lane, shared, key, job));
 }
 
-/// Delivers the events of one key, one after the other, until its queue is empty.
+/// Takes the events of one key, one after the other, until its queue is empty.
 async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job) {
     let mut job = first;
     loop {
@@ -266,9 +404,11 @@ async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job)
             partition = job.source.partition,
             offset = job.source.offset,
         );
-        let outcome = deliver(&lane, &shared, &job).instrument(span).await;
+        let outcome = first_attempt(&lane, &shared, &key, &job)
+            .instrument(span)
+            .await;
         if outcome != Outcome::Abandoned {
-            shared.progress.complete(&job.ticket);
+            shared.cx.progress.complete(&job.ticket);
         }
         let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
         state.pending -= 1;
@@ -282,86 +422,276 @@ async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job)
     }
 }
 
-/// One event through attempts and retries to a terminal outcome (or cancellation).
-async fn deliver(lane: &Lane, shared: &Shared, job: &Job) -> Outcome {
-    let cancel = &job.ticket.cancel;
-    // The budget counts from the first attempt actually sent, not from the wait for permits.
-    let mut first: Option<Instant> = None;
-    let mut attempts: Vec<Attempt> = Vec::new();
-    loop {
-        if cancel.is_cancelled() {
-            return Outcome::Abandoned;
+/// An input event: parked behind its key (or its full lane, or because its partition goes),
+/// or attempted once; a failure that may be retried parks it.
+async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> Outcome {
+    let parking = &shared.cx.parking;
+    let (partition, offset) = (job.source.partition, job.source.offset);
+    if parking.contains(partition, key, offset) {
+        // Read again after a revoke or restart: its parked record carries it already.
+        debug!("already parked");
+        return Outcome::Skipped;
+    }
+    let wait = if job.lane_full {
+        Some(ParkReason::LaneFull)
+    } else if parking.has_parked(partition, key) {
+        Some(ParkReason::BehindKey)
+    } else if job.ticket.leave.is_cancelled() {
+        Some(leaving(shared))
+    } else {
+        None
+    };
+    let parked = |reason, attempts, first, due| {
+        Parked::new(&job.event, job.source.clone(), attempts, first, due, reason)
+    };
+    if let Some(reason) = wait {
+        return park(
+            shared,
+            key,
+            parked(reason, vec![], None, Utc::now()),
+            reason,
+            &job.ticket,
+        )
+        .await;
+    }
+    let permits = tokio::select! {
+        permits = lane.target.permits(&shared.global, Priority::First) => permits.1,
+        _ = job.ticket.leave.cancelled() => {
+            let reason = leaving(shared);
+            return park(shared, key, parked(reason, vec![], None, Utc::now()), reason, &job.ticket).await;
         }
-        let priority = if attempts.is_empty() {
-            Priority::First
-        } else {
-            Priority::Retry
-        };
-        let (started, attempt) = tokio::select! {
-            attempt = attempt(lane, shared, &job.event, priority) => attempt,
-            _ = cancel.cancelled() => return Outcome::Abandoned,
-        };
-        let first = *first.get_or_insert(started);
-        let retries_done = attempts.len();
-        let decision = lane.target.policy.decide(
-            &attempt.outcome,
-            retries_done,
-            first.elapsed(),
-            rand::random::<f64>(),
-        );
-        debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
-        attempts.push(attempt);
-        match decision {
-            Decision::Delivered => {
-                debug!(attempts = attempts.len(), "delivered");
-                let org = &job.event.organization_id;
-                shared
-                    .metrics
-                    .deliveries
-                    .with_label_values(&[org, "delivered"])
-                    .inc();
-                let latency = (chrono::Utc::now() - job.event.occurred_at)
-                    .to_std()
-                    .unwrap_or_default();
-                shared
-                    .metrics
-                    .end_to_end_latency
-                    .observe(latency.as_secs_f64());
-                return Outcome::Delivered;
-            }
-            Decision::RetryAfter(wait) => {
-                shared
-                    .metrics
-                    .retries_scheduled
-                    .with_label_values(&[&job.event.organization_id])
-                    .inc();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = cancel.cancelled() => return Outcome::Abandoned,
-                }
-            }
-            Decision::GiveUp(reason) => {
-                let reason = match reason {
-                    GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
-                    GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
-                    GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
-                };
-                return dead_letter(shared, lane, job, reason, &attempts).await;
-            }
+    };
+    let attempt = tokio::select! {
+        attempt = attempt(lane, shared, &job.event, permits) => attempt,
+        _ = job.ticket.cancel.cancelled() => return Outcome::Abandoned,
+    };
+    let decision =
+        lane.target
+            .policy
+            .decide(&attempt.outcome, 0, attempt.duration, rand::random::<f64>());
+    debug!(outcome = %attempt.outcome.code(), "first attempt");
+    let first = Some(attempt.at);
+    let attempts = vec![AttemptRecord::from(&attempt)];
+    match decision {
+        Decision::Delivered => {
+            delivered(shared, &job.event, 1);
+            Outcome::Delivered
+        }
+        Decision::RetryAfter(wait) => {
+            scheduled(shared, &job.event);
+            let due = Utc::now() + wait;
+            let record = parked(ParkReason::Retry, attempts, first, due);
+            park(shared, key, record, ParkReason::Retry, &job.ticket).await
+        }
+        Decision::GiveUp(reason) => {
+            let record = DeadLetter::with_records(
+                &job.event,
+                Some(&lane.target.endpoint.settings.url),
+                give_up(reason),
+                attempts,
+                job.source.clone(),
+            );
+            dead_letter(shared, &job.event, record, &job.ticket).await
         }
     }
 }
 
-/// One attempt, holding the endpoint's and the global permit only while it runs; with the
-/// moment it started (permits in hand).
+/// A parked event read back: waits for its turn (when held) and its due time, then one more
+/// attempt; parked again when it may be retried once more.
+async fn retry(
+    lane: &Lane,
+    shared: &Shared,
+    key: &[u8],
+    ticket: &Ticket,
+    mut parked: Parked,
+    turn: Option<oneshot::Receiver<Turn>>,
+) -> Outcome {
+    let parking = &shared.cx.parking;
+    let (partition, source_offset) = (parked.source.partition, parked.source.offset);
+    if let Some(turn) = turn {
+        tokio::select! {
+            turn = turn => match turn {
+                Ok(Turn::Attempt) => {}
+                Ok(Turn::ParkAgain) => return park(shared, key, parked, ParkReason::BehindKey, ticket).await,
+                // The partition was revoked meanwhile.
+                Err(_) => return Outcome::Abandoned,
+            },
+            _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
+        }
+    }
+    let wait = (parked.due_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
+    }
+    if !parking.is_current(partition, key, source_offset, ticket.offset) {
+        return Outcome::Skipped;
+    }
+    let permits = tokio::select! {
+        permits = lane.target.permits(&shared.global, Priority::Retry) => permits.1,
+        _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
+    };
+    let event = parked.webhook_event();
+    let attempt = tokio::select! {
+        attempt = attempt(lane, shared, &event, permits) => attempt,
+        _ = ticket.cancel.cancelled() => return Outcome::Abandoned,
+    };
+    let first = *parked.first_attempt_at.get_or_insert(attempt.at);
+    let since_first = (Utc::now() - first).to_std().unwrap_or_default();
+    let retries_done = parked.attempts.len();
+    let decision = lane.target.policy.decide(
+        &attempt.outcome,
+        retries_done,
+        since_first,
+        rand::random::<f64>(),
+    );
+    debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
+    parked.attempts.push(AttemptRecord::from(&attempt));
+    match decision {
+        Decision::Delivered => {
+            delivered(shared, &event, parked.attempts.len());
+            Outcome::Delivered
+        }
+        Decision::RetryAfter(wait) => {
+            scheduled(shared, &event);
+            parked.due_at = Utc::now() + wait;
+            let outcome = park(shared, key, parked, ParkReason::Retry, ticket).await;
+            if outcome != Outcome::Abandoned {
+                parking.park_followers_again(partition, key);
+            }
+            outcome
+        }
+        Decision::GiveUp(reason) => {
+            let record = DeadLetter::with_records(
+                &event,
+                Some(&lane.target.endpoint.settings.url),
+                give_up(reason),
+                std::mem::take(&mut parked.attempts),
+                parked.source.clone(),
+            );
+            dead_letter(shared, &event, record, ticket).await
+        }
+    }
+}
+
+fn give_up(reason: GiveUpReason) -> DeadLetterReason {
+    match reason {
+        GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
+        GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
+        GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
+    }
+}
+
+fn delivered(shared: &Shared, event: &WebhookEvent, attempts: usize) {
+    debug!(attempts, "delivered");
+    let metrics = &shared.cx.metrics;
+    metrics
+        .deliveries
+        .with_label_values(&[&event.organization_id, "delivered"])
+        .inc();
+    let latency = (Utc::now() - event.occurred_at)
+        .to_std()
+        .unwrap_or_default();
+    metrics.end_to_end_latency.observe(latency.as_secs_f64());
+}
+
+fn scheduled(shared: &Shared, event: &WebhookEvent) {
+    shared
+        .cx
+        .metrics
+        .retries_scheduled
+        .with_label_values(&[&event.organization_id])
+        .inc();
+}
+
+/// Writes the event's parked record to the retry partition of its source partition; once
+/// acknowledged, the parked-key index knows it.
+async fn park(
+    shared: &Shared,
+    key: &[u8],
+    mut parked: Parked,
+    reason: ParkReason,
+    ticket: &Ticket,
+) -> Outcome {
+    parked.reason = reason;
+    let due = parked.due_at.timestamp_millis().to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: PARKED_ORGANIZATION_HEADER,
+            value: Some(parked.organization_id.as_str()),
+        })
+        .insert(Header {
+            key: PARKED_EVENT_ID_HEADER,
+            value: Some(parked.event_id.as_str()),
+        })
+        .insert(Header {
+            key: PARKED_DUE_HEADER,
+            value: Some(due.as_str()),
+        })
+        .insert(Header {
+            key: PARKED_REASON_HEADER,
+            value: Some(reason.code()),
+        });
+    let partition = parked.source.partition;
+    let written = Box::pin(shared.cx.producers.park(
+        partition,
+        key,
+        &parked.encode(),
+        headers,
+        &ticket.cancel,
+    ))
+    .await;
+    let retry_offset = match written {
+        Ok(offset) => offset,
+        Err(WriteError::Refused(failure)) => {
+            warn!(
+                cause = failure.code(),
+                "the retry topic refuses the parked event; dead-lettering it at once"
+            );
+            let event = parked.webhook_event();
+            let url = shared.url_of(&parked.organization_id);
+            let record = DeadLetter::with_records(
+                &event,
+                url.as_ref(),
+                DeadLetterReason::ParkRefused,
+                parked.attempts,
+                parked.source,
+            );
+            return dead_letter(shared, &event, record, ticket).await;
+        }
+        Err(_) => return Outcome::Abandoned,
+    };
+    shared.cx.parking.parked(
+        partition,
+        key,
+        parked.source.offset,
+        retry_offset,
+        parked.parked_at.timestamp_millis(),
+    );
+    shared
+        .cx
+        .metrics
+        .parks
+        .with_label_values(&[&parked.organization_id, reason.code()])
+        .inc();
+    debug!(
+        reason = reason.code(),
+        retry_offset,
+        due = %parked.due_at,
+        attempts = parked.attempts.len(),
+        "parked"
+    );
+    Outcome::Parked(reason)
+}
+
+/// One attempt, holding the endpoint's and the global permit while it runs.
 async fn attempt(
     lane: &Lane,
     shared: &Shared,
     event: &WebhookEvent,
-    priority: Priority,
-) -> (Instant, Attempt) {
-    let (started, _permits) = lane.target.permits(&shared.global, priority).await;
-    let metrics = &shared.metrics;
+    _permits: [Permit; 2],
+) -> Attempt {
+    let metrics = &shared.cx.metrics;
     let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
     let org = [event.organization_id.as_str()];
     let class = attempt.outcome.status_class();
@@ -373,14 +703,16 @@ async fn attempt(
         .attempt_duration
         .with_label_values(&org)
         .observe(attempt.duration.as_secs_f64());
+    let failing = class != "2xx";
+    lane.failing.store(failing, Ordering::Relaxed);
     metrics
         .endpoint_failing
         .with_label_values(&org)
-        .set(i64::from(class != "2xx"));
+        .set(i64::from(failing));
     if attempt.reauthorized {
         metrics.oauth_reauthorizations.with_label_values(&org).inc();
     }
-    (started, attempt)
+    attempt
 }
 
 /// The request itself, counted in `in_flight_requests` while it runs: the count is taken back
@@ -415,42 +747,32 @@ impl Drop for InFlight {
 
 async fn dead_letter(
     shared: &Shared,
-    lane: &Lane,
-    job: &Job,
-    reason: DeadLetterReason,
-    attempts: &[Attempt],
+    event: &WebhookEvent,
+    record: DeadLetter,
+    ticket: &Ticket,
 ) -> Outcome {
-    let record = DeadLetter::new(
-        &job.event,
-        Some(&lane.target.endpoint.settings.url),
-        reason,
-        attempts,
-        job.source.clone(),
-    );
+    let reason = record.reason;
+    let attempts = record.attempts.len();
     match Box::pin(
         shared
+            .cx
             .producers
-            .dead_letter(&record, &job.event, &job.ticket.cancel),
+            .dead_letter(&record, event, &ticket.cancel),
     )
     .await
     {
         Ok(()) => {
-            let org = job.event.organization_id.as_str();
-            shared
-                .metrics
+            let org = event.organization_id.as_str();
+            let metrics = &shared.cx.metrics;
+            metrics
                 .deliveries
                 .with_label_values(&[org, "dead_lettered"])
                 .inc();
-            shared
-                .metrics
+            metrics
                 .dead_letters
                 .with_label_values(&[org, reason.code()])
                 .inc();
-            info!(
-                reason = reason.code(),
-                attempts = attempts.len(),
-                "dead-lettered"
-            );
+            info!(reason = reason.code(), attempts, "dead-lettered");
             Outcome::DeadLettered(reason)
         }
         Err(_) => Outcome::Abandoned,

@@ -1,7 +1,8 @@
 //! `consent-webhooks run`: the whole pipeline, and its one shutdown path.
 //!
-//! consumer thread (ingest: parse, derive) → bounded channel → dispatcher (lanes, delivery,
-//! retries) → dead-letter / rejected producers. Offsets move only as work completes.
+//! consumer thread (ingest: parse, derive; retry reader) → bounded channel → dispatcher (lanes,
+//! first attempts, parked events' retries) → retry / dead-letter / rejected producers. Offsets
+//! move only as work completes or is parked.
 //!
 //! Shutdown (`stop` cancelled, e.g. on SIGTERM): the consumer stops polling; in-flight work
 //! gets `drain_timeout`; what is left is cancelled (not committed, so consumed again after a
@@ -22,8 +23,9 @@ use tracing::info;
 use crate::config::Settings;
 use crate::deadletter::Producers;
 use crate::delivery::{Deliverer, TokenSource};
-use crate::dispatch::Dispatcher;
-use crate::ingest::{Ingest, IngestState, Progress};
+use crate::dispatch::{Dispatcher, Parts};
+use crate::ingest::{Ingest, IngestState, Progress, RetryReader};
+use crate::park::Parking;
 use crate::telemetry::{health, Metrics};
 
 /// Capacity of the consumer → dispatcher channel. The dispatcher never waits on I/O to take
@@ -37,6 +39,8 @@ const TOPIC_CHECK_PATIENCE: Duration = Duration::from_secs(15);
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let abandon = CancellationToken::new();
     let progress = Arc::new(Progress::new(abandon.clone()));
+    let retry_progress = Arc::new(Progress::new(abandon.clone()));
+    let parking = Arc::new(Parking::default());
     let state = Arc::new(IngestState::default());
     let metrics = Arc::new(Metrics::new(
         settings.organizations.keys().map(String::as_str),
@@ -46,18 +50,36 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         .with_metrics(&metrics);
     check_topics(&producers, &settings).await?;
     let deliverer = Deliverer::new(&settings.delivery).context("creating the HTTP client")?;
-    let ingest = Ingest::new(&settings, progress.clone(), state.clone(), metrics.clone())
-        .context("creating the Kafka consumer")?;
+    let retry = RetryReader::new(
+        &settings,
+        retry_progress.clone(),
+        parking.clone(),
+        metrics.clone(),
+    )
+    .context("creating the retry reader's Kafka consumer")?;
+    let ingest = Ingest::new(
+        &settings,
+        progress.clone(),
+        state.clone(),
+        metrics.clone(),
+        Arc::new(retry),
+    )
+    .context("creating the Kafka consumer")?;
     let tasks = TaskTracker::new();
     let dispatcher = Dispatcher::new(
         &settings,
         deliverer,
-        producers.clone(),
-        progress,
-        tasks.clone(),
-        metrics.clone(),
+        Parts {
+            producers: producers.clone(),
+            progress,
+            retry_progress,
+            parking: parking.clone(),
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+            metrics: metrics.clone(),
+        },
     );
-    let refresh = token_metrics(dispatcher.token_sources(), metrics.clone());
+    let refresh = scrape_metrics(dispatcher.token_sources(), parking, metrics.clone());
     let server_stop = CancellationToken::new();
     let address = health::serve(
         settings.server.listen,
@@ -140,15 +162,18 @@ async fn stop_on_fatal(producers: Producers, state: Arc<IngestState>, stop: Canc
     stop.cancel();
 }
 
-/// Fails at start, naming them, when the input, dead-letter or rejected topic does not exist:
-/// the service does not create topics (their partitions and retention are the operator's
-/// choice), and running without them would only fill the logs with retries.
+/// Fails at start, naming them, when the input, dead-letter, rejected or retry topic does not
+/// exist, or when the retry topic's partition count differs from the input's (a parked event
+/// goes to the retry partition with its source partition's number): the service does not
+/// create topics (their partitions and retention are the operator's choice), and running
+/// without them would only fill the logs with retries.
 async fn check_topics(producers: &Producers, settings: &Settings) -> anyhow::Result<()> {
     let kafka = &settings.kafka;
     let topics = [
         kafka.input_topic.clone(),
         kafka.dead_letter_topic.clone(),
         kafka.rejected_topic.clone(),
+        kafka.retry_topic.clone(),
     ];
     // A topic created a moment ago may take a little while to appear in every broker's
     // metadata: look again for a few seconds before calling it missing.
@@ -178,15 +203,48 @@ async fn check_topics(producers: &Producers, settings: &Settings) -> anyhow::Res
             missing[0]
         );
     }
+    let (input, retry) = (kafka.input_topic.clone(), kafka.retry_topic.clone());
+    let counts = {
+        let producers = producers.clone();
+        tokio::task::spawn_blocking(move || {
+            producers.partition_counts(&[&input, &retry], Duration::from_secs(30))
+        })
+        .await
+        .context("checking the topics")?
+        .with_context(|| format!("cannot read the cluster's metadata from {}", kafka.brokers))?
+    };
+    if counts[0] != counts[1] {
+        anyhow::bail!(
+            "the retry topic {} has {} partitions and the input topic {} has {}: they must be \
+             equal (a parked event goes to the retry partition with its source partition's \
+             number); e.g. kafka-topics.sh --bootstrap-server {} --alter --topic {} --partitions {}",
+            kafka.retry_topic,
+            counts[1],
+            kafka.input_topic,
+            counts[0],
+            kafka.brokers,
+            if counts[1] < counts[0] { &kafka.retry_topic } else { &kafka.input_topic },
+            counts[0].max(counts[1]),
+        );
+    }
     Ok(())
 }
 
-/// Brings the OAuth token counters (kept by each token source) into the metrics, at scrape.
-fn token_metrics(
+/// At scrape: the parked backlog, and the OAuth token counters (kept by each token source).
+fn scrape_metrics(
     sources: Vec<(String, Arc<TokenSource>)>,
+    parking: Arc<Parking>,
     metrics: Arc<Metrics>,
 ) -> Arc<dyn Fn() + Send + Sync> {
     Arc::new(move || {
+        let (parked, oldest) = parking.backlog();
+        metrics
+            .parked_events
+            .set(i64::try_from(parked).unwrap_or(i64::MAX));
+        let age = oldest.map_or(0, |since| {
+            (chrono::Utc::now().timestamp_millis() - since).max(0) / 1000
+        });
+        metrics.parked_oldest_age.set(age);
         for (org, source) in &sources {
             let failures = source.failures();
             let successes = source.fetches().saturating_sub(failures);

@@ -98,6 +98,7 @@ async fn zstd_compressed_input_topic_is_delivered() {
         input: kafka::unique_name("zstd-changes"),
         dead_letter: kafka::unique_name("dead-letter"),
         rejected: kafka::unique_name("rejected"),
+        retry: kafka::unique_name("retry"),
         group: kafka::unique_name("group"),
     };
     // The topic itself stores zstd batches (the broker recompresses whatever arrives), and the
@@ -108,6 +109,7 @@ async fn zstd_compressed_input_topic_is_delivered() {
             (&topics.input, &[("compression.type", "zstd")]),
             (&topics.dead_letter, &[]),
             (&topics.rejected, &[]),
+            (&topics.retry, &[]),
         ],
     )
     .await;
@@ -129,10 +131,16 @@ async fn sasl_scram_listener_with_credentials_from_secret_references() {
     })
     .await
     .unwrap();
-    let (input, dead_letter, rejected) = ("consent.changes", "dead-letter", "rejected");
+    let (input, dead_letter, rejected, retry) =
+        ("consent.changes", "dead-letter", "rejected", "retry");
     create_topics(
         &broker.plaintext,
-        &[(input, &[]), (dead_letter, &[]), (rejected, &[])],
+        &[
+            (input, &[]),
+            (dead_letter, &[]),
+            (rejected, &[]),
+            (retry, &[]),
+        ],
     )
     .await;
 
@@ -164,7 +172,8 @@ async fn sasl_scram_listener_with_credentials_from_secret_references() {
     let receiver = Receiver::start(200).await;
     let config = format!(
         "[kafka]\nbrokers = \"{sasl}\"\ngroup_id = \"{group}\"\ninput_topic = \"{input}\"\n\
-         dead_letter_topic = \"{dead_letter}\"\nrejected_topic = \"{rejected}\"\n\n\
+         dead_letter_topic = \"{dead_letter}\"\nrejected_topic = \"{rejected}\"\n\
+         retry_topic = \"{retry}\"\n\n\
          [kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
          \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\n\
          [kafka.secret_properties]\n\"sasl.username\" = {{ env = \"TEST_KAFKA_USERNAME\" }}\n\

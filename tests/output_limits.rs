@@ -51,9 +51,11 @@ async fn limited_topics() -> Topics {
         input: kafka::unique_name("changes"),
         dead_letter: kafka::unique_name("dead-letter"),
         rejected: kafka::unique_name("rejected"),
+        retry: kafka::unique_name("retry"),
         group: kafka::unique_name("group"),
     };
     create_topic_with_limit(&topics.input, None).await;
+    create_topic_with_limit(&topics.retry, None).await;
     create_topic_with_limit(&topics.dead_letter, Some(OUTPUT_LIMIT)).await;
     create_topic_with_limit(&topics.rejected, Some(OUTPUT_LIMIT)).await;
     topics

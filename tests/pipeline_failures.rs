@@ -48,9 +48,7 @@ fn check_dead_letter(
     reason: &str,
 ) -> Value {
     let value = records::json_value(record);
-    if reason != "lane_overflow" {
-        assert_dead_letter(&value);
-    }
+    assert_dead_letter(&value);
     assert_eq!(
         record.key.as_deref(),
         Some(organization.as_bytes()),
@@ -233,31 +231,27 @@ async fn endpoint_down_exhausts_retries_to_dead_letter_and_spares_the_others() {
     );
 }
 
-/// A lane holding `max_pending_per_organization` events parks new ones on the dead-letter
-/// topic at once (reason `lane_overflow`, no attempt); the events already in it run their
-/// schedule. Every record is a valid dead-letter record.
+/// Issue 8: a lane holding `max_pending_per_organization` events parks new ones on the retry
+/// topic at once (reason `lane_full`, no attempt) instead of dead-lettering them: every event
+/// still runs its whole schedule, then is dead-lettered `exhausted` with every attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_lane_dead_letters_at_once_with_valid_records() {
+async fn a_full_lane_parks_and_every_event_still_gets_its_retries() {
     const N: usize = 6;
     const LANE: usize = 2;
     let topics = Topics::create(1).await;
     let down = Receiver::start(503).await;
+    // Slow answers: the lane is still full when the other records arrive.
+    down.delay(Duration::from_millis(500));
     let mut config = topics.config(&format!("max_pending_per_organization = {LANE}"));
     config += &organization("down", &down.url, DOWN_RETRY);
     let _service = Service::start(&config, &[]);
     let input = records::users_created("down", N);
     kafka::produce(&topics.input, &input).await;
 
-    let dead = kafka::consume(&topics.dead_letter, N, Duration::from_secs(30)).await;
+    let dead = kafka::consume(&topics.dead_letter, N, Duration::from_secs(60)).await;
     assert_eq!(dead.len(), N, "every event dead-lettered");
     let coordinates = records::coordinates_by_key(&topics.input, N).await;
-    let mut reasons = BTreeMap::new();
-    let mut values = Vec::new();
     for record in &dead {
-        let reason = records::json_value(record)["reason"]
-            .as_str()
-            .unwrap()
-            .to_owned();
         let value = check_dead_letter(
             record,
             &topics,
@@ -265,32 +259,34 @@ async fn full_lane_dead_letters_at_once_with_valid_records() {
             &down.url,
             &input,
             &coordinates,
-            &reason,
+            "exhausted",
         );
-        let attempts = value["attempts"].as_array().unwrap().len();
-        match reason.as_str() {
-            "lane_overflow" => assert_eq!(attempts, 0, "parked without an attempt: {value}"),
-            "exhausted" => assert_eq!(attempts, 1 + DOWN_SCHEDULE_MS.len(), "{value}"),
-            other => panic!("unexpected reason {other}: {value}"),
-        }
-        *reasons.entry(reason).or_insert(0) += 1;
-        values.push(value);
+        assert_eq!(
+            value["attempts"].as_array().unwrap().len(),
+            1 + DOWN_SCHEDULE_MS.len(),
+            "every event got its whole schedule: {value}"
+        );
+        assert_dead_letter(&value);
     }
-    assert_eq!(
-        reasons,
-        BTreeMap::from([
-            ("exhausted".to_owned(), LANE),
-            ("lane_overflow".to_owned(), N - LANE)
-        ])
-    );
     assert_eq!(
         down.received().len(),
-        LANE * (1 + DOWN_SCHEDULE_MS.len()),
-        "only the events in the lane were attempted"
+        N * (1 + DOWN_SCHEDULE_MS.len()),
+        "every attempt reached the endpoint"
     );
-    for value in &values {
-        assert_dead_letter(value);
-    }
+    let parked = kafka::consume(
+        &topics.retry,
+        N * DOWN_SCHEDULE_MS.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let lane_full = parked
+        .iter()
+        .filter(|r| r.header("consent-webhooks-park-reason").as_deref() == Some("lane_full"))
+        .count();
+    assert!(
+        lane_full >= N - LANE,
+        "the events past the lane's limit were parked at once ({lane_full} lane_full parks)"
+    );
 }
 
 /// (c) A 400 (and a 3xx) cannot be fixed by retrying: dead-lettered after exactly one attempt.

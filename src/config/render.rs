@@ -49,6 +49,7 @@ pub fn render_redacted(settings: &Settings) -> String {
     line(w, "input_topic", string(&k.input_topic));
     line(w, "dead_letter_topic", string(&k.dead_letter_topic));
     line(w, "rejected_topic", string(&k.rejected_topic));
+    line(w, "retry_topic", string(&k.retry_topic));
     section(w, "kafka.properties");
     for (name, value) in &k.properties {
         line(w, name, string(value));
@@ -92,6 +93,11 @@ pub fn render_redacted(settings: &Settings) -> String {
         w,
         "max_pending_per_organization",
         d.max_pending_per_organization.to_string(),
+    );
+    line(
+        w,
+        "max_parked_in_memory",
+        d.max_parked_in_memory.to_string(),
     );
     line(w, "drain_timeout", duration(d.drain_timeout));
     line(w, "user_agent", string(&d.user_agent));

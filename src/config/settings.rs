@@ -33,6 +33,8 @@ pub struct KafkaSettings {
     pub input_topic: String,
     pub dead_letter_topic: String,
     pub rejected_topic: String,
+    /// Where events waiting for a retry are parked (same partition count as the input topic).
+    pub retry_topic: String,
     /// librdkafka properties passed through as they are (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (e.g. `sasl.password`), read from env or
@@ -62,9 +64,14 @@ pub struct DeliverySettings {
     /// Records taken from Kafka and not yet done, across all partitions; past it, partitions
     /// are paused.
     pub max_pending_records: usize,
-    /// Events queued or retrying for one organization; past it, new events for that
-    /// organization go to the dead-letter topic with reason `lane_overflow`.
+    /// Events of one organization in memory before their first attempt (queued or in flight);
+    /// past it, and while the organization's endpoint is failing, new events are parked on the
+    /// retry topic (reason `lane_full`) instead of waiting in memory.
     pub max_pending_per_organization: usize,
+    /// Parked events read back from the retry topic and held in memory (waiting for their due
+    /// time, behind an earlier event of their key, or in flight), across all partitions; past
+    /// it, reading the retry topic pauses.
+    pub max_parked_in_memory: usize,
     /// On shutdown or revoke: how long in-flight work may take before it is abandoned
     /// (uncommitted, so redelivered after restart).
     pub drain_timeout: Duration,
@@ -121,6 +128,7 @@ impl KafkaSettings {
     pub const DEFAULT_INPUT_TOPIC: &'static str = "consent.changes";
     pub const DEFAULT_DEAD_LETTER_TOPIC: &'static str = "consent.webhooks.dead-letter";
     pub const DEFAULT_REJECTED_TOPIC: &'static str = "consent.changes.rejected";
+    pub const DEFAULT_RETRY_TOPIC: &'static str = "consent.webhooks.retry";
 }
 
 impl Default for ServerSettings {
@@ -142,6 +150,7 @@ impl Default for DeliverySettings {
             max_in_flight_requests: 512,
             max_pending_records: 20_000,
             max_pending_per_organization: 10_000,
+            max_parked_in_memory: 10_000,
             drain_timeout: Duration::from_secs(15),
             user_agent: concat!("consent-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
         }

@@ -48,6 +48,7 @@ pub(super) const KAFKA_KEYS: Keys = &[
         "rejected_topic",
         r#"rejected_topic = "consent.changes.rejected""#,
     ),
+    ("retry_topic", r#"retry_topic = "consent.webhooks.retry""#),
     (
         "properties",
         r#"properties = { "security.protocol" = "SASL_SSL" }"#,
@@ -76,6 +77,7 @@ pub(super) const DELIVERY_KEYS: Keys = &[
         "max_pending_per_organization",
         "max_pending_per_organization = 10000",
     ),
+    ("max_parked_in_memory", "max_parked_in_memory = 10000"),
     ("drain_timeout", r#"drain_timeout = "15s""#),
     ("user_agent", r#"user_agent = "consent-webhooks/1.0""#),
     (
@@ -116,6 +118,7 @@ fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {
             KafkaSettings::DEFAULT_DEAD_LETTER_TOPIC,
         ),
         ("rejected_topic", KafkaSettings::DEFAULT_REJECTED_TOPIC),
+        ("retry_topic", KafkaSettings::DEFAULT_RETRY_TOPIC),
     ];
     let mut topics: Vec<String> = Vec::new();
     for (key, default) in &topic_keys {
@@ -125,13 +128,13 @@ fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {
             let other = node.key_path(topic_keys[j].0);
             return Err(node.err(
                 key,
-                format!("{topic:?} is also {other}; the three topics must differ"),
+                format!("{topic:?} is also {other}; the four topics must differ"),
             ));
         }
         topics.push(topic);
     }
-    let [input_topic, dead_letter_topic, rejected_topic] =
-        <[String; 3]>::try_from(topics).expect("three topics");
+    let [input_topic, dead_letter_topic, rejected_topic, retry_topic] =
+        <[String; 4]>::try_from(topics).expect("four topics");
 
     let properties = properties(node)?;
     let secret_properties = secret_properties(node, ctx)?;
@@ -142,6 +145,7 @@ fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {
         input_topic,
         dead_letter_topic,
         rejected_topic,
+        retry_topic,
         properties,
         secret_properties,
     })
@@ -260,6 +264,7 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
             .count_or("max_in_flight_requests", d.max_in_flight_requests)?,
         max_pending_records,
         max_pending_per_organization,
+        max_parked_in_memory: node.count_or("max_parked_in_memory", d.max_parked_in_memory)?,
         drain_timeout: node
             .duration("drain_timeout", false)?
             .unwrap_or(d.drain_timeout),

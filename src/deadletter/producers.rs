@@ -26,6 +26,7 @@ pub struct Producers {
     single: FutureProducer,
     dead_letter_topic: String,
     rejected_topic: String,
+    retry_topic: String,
     /// `output_write_failures_total{topic, reason}`, when the caller keeps metrics.
     failures: Option<IntCounterVec>,
     fatal: Arc<FatalState>,
@@ -47,15 +48,21 @@ const WRITE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 pub enum OutputTopic {
     DeadLetter,
     Rejected,
+    Retry,
 }
 
 impl OutputTopic {
-    pub const ALL: [OutputTopic; 2] = [OutputTopic::DeadLetter, OutputTopic::Rejected];
+    pub const ALL: [OutputTopic; 3] = [
+        OutputTopic::DeadLetter,
+        OutputTopic::Rejected,
+        OutputTopic::Retry,
+    ];
 
     pub fn code(self) -> &'static str {
         match self {
             OutputTopic::DeadLetter => "dead_letter",
             OutputTopic::Rejected => "rejected",
+            OutputTopic::Retry => "retry",
         }
     }
 }
@@ -78,6 +85,7 @@ impl Producers {
             single,
             dead_letter_topic: kafka.dead_letter_topic.clone(),
             rejected_topic: kafka.rejected_topic.clone(),
+            retry_topic: kafka.retry_topic.clone(),
             failures: None,
             fatal: Arc::default(),
         })
@@ -172,6 +180,40 @@ impl Producers {
             .await
     }
 
+    /// Parks an event: writes its record to the retry topic's partition `partition` (the number
+    /// of its source partition); returns the record's offset once acknowledged. A record the
+    /// topic refuses (larger than its `max.message.bytes`, tried alone in its batch too) is
+    /// `Refused`: the caller dead-letters the event instead.
+    pub async fn park(
+        &self,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        headers: OwnedHeaders,
+        cancel: &CancellationToken,
+    ) -> Result<i64, WriteError> {
+        let topic = &self.retry_topic;
+        let at = Some(partition);
+        match self
+            .write_to(
+                &self.producer,
+                topic,
+                at,
+                Some(key),
+                value,
+                headers.clone(),
+                cancel,
+            )
+            .await
+        {
+            Err(WriteError::Refused(_)) => {
+                self.write_to(&self.single, topic, at, Some(key), value, headers, cancel)
+                    .await
+            }
+            done => done,
+        }
+    }
+
     /// Writes any record to `topic` (e.g. `redrive`'s resolution markers on the dead-letter
     /// topic), with the same guarantee: returns once acknowledged, or when cancelled, or with
     /// the reason the broker will never take it.
@@ -245,6 +287,24 @@ impl Producers {
         headers: OwnedHeaders,
         cancel: &CancellationToken,
     ) -> Result<(), WriteError> {
+        self.write_to(producer, topic, None, key, value, headers, cancel)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes one record (to `partition`, or where the key hashes); returns its offset once
+    /// acknowledged.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_to(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: OwnedHeaders,
+        cancel: &CancellationToken,
+    ) -> Result<i64, WriteError> {
         loop {
             if let Some(failure) = self.fatal_failure() {
                 return Err(WriteError::Fatal(failure));
@@ -255,12 +315,16 @@ impl Producers {
             if let Some(key) = key {
                 record = record.key(key);
             }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
             let sent = tokio::select! {
                 sent = producer.send(record, Duration::from_secs(5)) => sent,
                 _ = cancel.cancelled() => return Err(WriteError::Cancelled),
             };
-            let Err((error, _)) = sent else {
-                return Ok(());
+            let error = match sent {
+                Ok(delivery) => return Ok(delivery.offset),
+                Err((error, _)) => error,
             };
             let fatal = producer.client().fatal_error().is_some();
             let failure = WriteFailure::classify(&error, fatal);
@@ -294,6 +358,8 @@ impl Producers {
         };
         let role = if topic == self.rejected_topic {
             OutputTopic::Rejected
+        } else if topic == self.retry_topic {
+            OutputTopic::Retry
         } else {
             OutputTopic::DeadLetter
         };
@@ -314,6 +380,26 @@ impl Producers {
             .iter()
             .filter(|t| !existing.contains(t))
             .map(|t| (*t).to_owned())
+            .collect())
+    }
+
+    /// The partition count of each of `topics` (0 for a topic the cluster does not have;
+    /// blocking: a metadata request).
+    pub fn partition_counts(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, KafkaError> {
+        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        Ok(topics
+            .iter()
+            .map(|name| {
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == *name)
+                    .map_or(0, |t| t.partitions().len())
+            })
             .collect())
     }
 
@@ -402,6 +488,7 @@ mod tests {
             input_topic: "in".into(),
             dead_letter_topic: "dlq".into(),
             rejected_topic: "rej".into(),
+            retry_topic: "retry".into(),
             properties: properties
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

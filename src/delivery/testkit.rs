@@ -326,6 +326,7 @@ pub fn delivery_settings(request_timeout: Duration) -> DeliverySettings {
         endpoint_concurrency: 4,
         max_in_flight_requests: 64,
         max_pending_records: 1000,
+        max_parked_in_memory: 1000,
         max_pending_per_organization: 100,
         drain_timeout: Duration::from_secs(5),
         user_agent: "consent-webhooks-test/1.0".to_owned(),

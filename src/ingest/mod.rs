@@ -6,19 +6,22 @@
 //!   shutdown; librdkafka's auto-commit is off. A watermark counts as committed only once the
 //!   broker confirmed it: a failed commit is tried again on the next tick, quiet partition or not. One thread, synchronous commits: a commit can
 //!   never be overtaken by an older one (an auto-commit retried after a rebalance could).
-//! - On revoke, the revoked partitions get `drain_timeout` to finish their in-flight work; what
-//!   is done is committed synchronously before the partitions go, the rest is cancelled and
-//!   consumed again by the next owner (duplicates, same webhook id; never loss).
+//! - On revoke, the revoked partitions' work is told to leave: what waits is parked (see
+//!   [`crate::park`]) and attempts in flight finish, within `drain_timeout` at most; what is
+//!   done (parked included) is committed synchronously before the partitions go, the rest is
+//!   cancelled and consumed again by the next owner (duplicates, same webhook id; never loss).
+//!   The retry partitions of the same numbers go with them ([`retry`]).
 //! - Bounded: when `max_pending_records` records are taken and not done, every partition is
 //!   paused; they resume below half of it.
-//! - Shutdown: stop polling, wait up to `drain_timeout` for in-flight work, cancel what is left,
-//!   commit what is done, leave the group.
+//! - Shutdown: stop polling, park what waits, wait up to `drain_timeout` for in-flight work,
+//!   cancel what is left, commit what is done, leave the group.
 //!
 //! Parsing and derivation (pure and fast) run here, on the consumer thread; only records that
 //! need I/O (delivery, rejection) cross to the async side.
 
 pub mod offsets;
 mod progress;
+pub mod retry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use tracing::{debug, info, warn};
 
 pub use offsets::Ticket;
 pub use progress::Progress;
+pub use retry::RetryReader;
 
 use crate::change::ConsentChange;
 use crate::config::Settings;
@@ -67,6 +71,7 @@ struct IngestContext {
     state: Arc<IngestState>,
     /// Whether partitions are paused for back-pressure (new assignments follow it).
     paused: AtomicBool,
+    retry: Arc<RetryReader>,
 }
 
 impl ClientContext for IngestContext {
@@ -120,22 +125,36 @@ impl ConsumerContext for IngestContext {
                 ?partitions,
                 "partitions lost; their in-flight work is abandoned"
             );
+            self.retry.leave(&partitions);
         } else {
-            // Draining already happened at shutdown; otherwise give in-flight work its grace.
+            // Park what waits, let attempts in flight finish: both end well before the grace
+            // unless an endpoint hangs until the request timeout.
+            self.progress.lock().leave(partitions.iter().copied());
+            self.retry.leave(&partitions);
             let grace = if self.state.draining.load(Ordering::SeqCst) {
                 Duration::ZERO
             } else {
                 self.drain_timeout
             };
-            let all_done = self
+            let deadline = Instant::now() + grace;
+            let input_done = self
                 .progress
                 .wait_until(grace, |t| partitions.iter().all(|&p| t.pending_in(p) == 0));
+            let retry_done = self
+                .retry
+                .progress
+                .wait_until(deadline.saturating_duration_since(Instant::now()), |t| {
+                    partitions.iter().all(|&p| t.pending_in(p) == 0)
+                });
             info!(
                 ?partitions,
-                all_done, "partitions revoked; committing what is done"
+                all_done = input_done && retry_done,
+                "partitions revoked; committing what is done"
             );
             self.commit(consumer, &partitions);
+            self.retry.commit(&partitions);
         }
+        self.retry.revoke(&partitions);
         for p in &partitions {
             let label = [p.to_string()];
             let _ = self
@@ -156,6 +175,9 @@ impl ConsumerContext for IngestContext {
             Rebalance::Assign(list) => {
                 let partitions = self.partitions_of(list);
                 info!(?partitions, "partitions assigned");
+                // The retry partitions first: their parked-key index must be in place before
+                // the first input record of the partition is delivered.
+                self.retry.assign(&partitions);
                 self.progress.lock().assign(partitions);
                 if self.paused.load(Ordering::SeqCst) {
                     if let Err(error) = consumer.pause(list) {
@@ -224,6 +246,7 @@ pub struct Ingest {
     drain_timeout: Duration,
     state: Arc<IngestState>,
     metrics: Arc<Metrics>,
+    retry: Arc<RetryReader>,
 }
 
 impl Ingest {
@@ -232,6 +255,7 @@ impl Ingest {
         progress: Arc<Progress>,
         state: Arc<IngestState>,
         metrics: Arc<Metrics>,
+        retry: Arc<RetryReader>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let kafka = &settings.kafka;
         let context = IngestContext {
@@ -241,6 +265,7 @@ impl Ingest {
             state: state.clone(),
             metrics: metrics.clone(),
             paused: AtomicBool::new(false),
+            retry: retry.clone(),
         };
         let defaults = [
             ("partition.assignment.strategy", "cooperative-sticky"),
@@ -266,6 +291,7 @@ impl Ingest {
             drain_timeout: settings.delivery.drain_timeout,
             state,
             metrics,
+            retry,
         })
     }
 
@@ -283,7 +309,11 @@ impl Ingest {
             self.flow_control();
             if last_commit.elapsed() >= COMMIT_INTERVAL {
                 self.commit_done();
+                self.retry.commit_done();
                 last_commit = Instant::now();
+            }
+            if self.retry.poll(&work).is_err() {
+                break;
             }
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
@@ -299,14 +329,26 @@ impl Ingest {
         }
         drop(work);
         self.state.draining.store(true, Ordering::SeqCst);
+        // What waits is parked now; attempts in flight get the rest of `drain_timeout`.
+        let assigned = self.progress.lock().assigned();
+        self.progress.lock().leave(assigned.iter().copied());
+        let retry_assigned = self.retry.assigned();
+        self.retry.leave(&retry_assigned);
+        let deadline = Instant::now() + self.drain_timeout;
         let drained = self
             .progress
-            .wait_until(self.drain_timeout, |t| t.pending() == 0);
-        let left = self.progress.lock().pending();
+            .wait_until(self.drain_timeout, |t| t.pending() == 0)
+            && self
+                .retry
+                .progress
+                .wait_until(deadline.saturating_duration_since(Instant::now()), |t| {
+                    t.pending() == 0
+                });
+        let left = self.progress.lock().pending() + self.retry.progress.lock().pending();
         info!(drained, left, "stopping: committing what is done");
         abandon.cancel();
-        let assigned = self.progress.lock().assigned();
         self.consumer.context().commit(&self.consumer, &assigned);
+        self.retry.commit(&retry_assigned);
         self.consumer.unsubscribe();
         // Dropping the consumer closes it: it leaves the group at once.
     }

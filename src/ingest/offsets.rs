@@ -23,6 +23,9 @@ pub struct Ticket {
     /// Cancelled when the partition is revoked or the process shuts down: work for this record
     /// stops without completing (it will be consumed again by whoever owns the partition next).
     pub cancel: CancellationToken,
+    /// Cancelled first, when the partition is about to go (revoke, shutdown): what waits is
+    /// parked now; attempts in flight finish. Cancelled with `cancel` too.
+    pub leave: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -34,6 +37,7 @@ struct PartitionState {
     /// The last watermark the broker confirmed as committed.
     committed: Option<i64>,
     cancel: CancellationToken,
+    leave: CancellationToken,
 }
 
 /// Per-partition progress of one consumer, for one topic.
@@ -59,6 +63,8 @@ impl OffsetTracker {
         for partition in partitions {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
+            let cancel = self.shutdown.child_token();
+            let leave = cancel.child_token();
             if let Some(old) = self.partitions.insert(
                 partition,
                 PartitionState {
@@ -66,7 +72,8 @@ impl OffsetTracker {
                     pending: BTreeSet::new(),
                     next: None,
                     committed: None,
-                    cancel: self.shutdown.child_token(),
+                    cancel,
+                    leave,
                 },
             ) {
                 old.cancel.cancel();
@@ -79,6 +86,16 @@ impl OffsetTracker {
         for partition in partitions {
             if let Some(state) = self.partitions.remove(&partition) {
                 state.cancel.cancel();
+            }
+        }
+    }
+
+    /// Partitions about to go (revoke, or every partition at shutdown): their work parks what
+    /// waits and finishes what is in flight; nothing is cancelled yet.
+    pub fn leave(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for partition in partitions {
+            if let Some(state) = self.partitions.get(&partition) {
+                state.leave.cancel();
             }
         }
     }
@@ -98,6 +115,7 @@ impl OffsetTracker {
             offset,
             epoch: state.epoch,
             cancel: state.cancel.clone(),
+            leave: state.leave.clone(),
         })
     }
 
@@ -245,5 +263,18 @@ mod tests {
         let ticket = t.take(3, 0).unwrap();
         shutdown.cancel();
         assert!(ticket.cancel.is_cancelled());
+        assert!(ticket.leave.is_cancelled());
+    }
+
+    #[test]
+    fn leaving_comes_before_cancelling() {
+        let mut t = tracker();
+        let ticket = t.take(0, 7).unwrap();
+        let other = t.take(1, 7).unwrap();
+        t.leave([0]);
+        assert!(ticket.leave.is_cancelled(), "told to park what waits");
+        assert!(!ticket.cancel.is_cancelled(), "in-flight work goes on");
+        assert!(!other.leave.is_cancelled(), "other partitions stay");
+        assert!(t.complete(&ticket), "a completion after leave still counts");
     }
 }

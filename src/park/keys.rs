@@ -30,6 +30,8 @@ struct Entry {
     retry_offset: i64,
     /// The reader holds the event in memory (read, not done, not parked again).
     in_memory: bool,
+    /// When the event was first parked (milliseconds since the epoch).
+    since_ms: i64,
 }
 
 /// The parked events of one partition, by key, in source order.
@@ -54,9 +56,26 @@ impl ParkedKeys {
         self.keys.contains_key(key)
     }
 
+    /// Whether the event read at `source_offset` is parked (and not done): its source record
+    /// read again (after a revoke or a restart) must not be delivered a second time.
+    pub fn contains(&self, key: &[u8], source_offset: i64) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|events| events.contains_key(&source_offset))
+    }
+
+    /// When the oldest parked event not done was first parked (milliseconds since the epoch).
+    pub fn oldest_since_ms(&self) -> Option<i64> {
+        self.keys
+            .values()
+            .flat_map(|events| events.values().map(|e| e.since_ms))
+            .min()
+    }
+
     /// A parked record of the event at `source_offset` is at `retry_offset` (seen while catching
-    /// up, or written and acknowledged). A later record of the same event replaces an earlier.
-    pub fn parked(&mut self, key: &[u8], source_offset: i64, retry_offset: i64) {
+    /// up, or written and acknowledged); the event was first parked at `since_ms`. A later
+    /// record of the same event replaces an earlier.
+    pub fn parked(&mut self, key: &[u8], source_offset: i64, retry_offset: i64, since_ms: i64) {
         let events = self.keys.entry(key.to_vec()).or_default();
         match events.get_mut(&source_offset) {
             Some(entry) if entry.retry_offset >= retry_offset => {}
@@ -64,6 +83,7 @@ impl ParkedKeys {
                 *entry = Entry {
                     retry_offset,
                     in_memory: false,
+                    since_ms: entry.since_ms.min(since_ms),
                 }
             }
             None => {
@@ -72,11 +92,20 @@ impl ParkedKeys {
                     Entry {
                         retry_offset,
                         in_memory: false,
+                        since_ms,
                     },
                 );
                 self.len += 1;
             }
         }
+    }
+
+    /// Whether `retry_offset` holds the event's latest parked record (and the event is not done).
+    pub fn is_current(&self, key: &[u8], source_offset: i64, retry_offset: i64) -> bool {
+        self.keys
+            .get(key)
+            .and_then(|events| events.get(&source_offset))
+            .is_some_and(|entry| entry.retry_offset == retry_offset)
     }
 
     /// The reader read the record at `retry_offset`: what to do with it. Marks it in memory
@@ -142,7 +171,7 @@ mod tests {
     fn a_key_with_a_parked_event_parks_its_next_events() {
         let mut keys = ParkedKeys::default();
         assert!(!keys.has_parked(b"acme/u1"));
-        keys.parked(b"acme/u1", 10, 0);
+        keys.parked(b"acme/u1", 10, 0, 0);
         assert!(keys.has_parked(b"acme/u1"));
         assert!(!keys.has_parked(b"acme/u2"));
         assert_eq!(keys.done(b"acme/u1", 10), None);
@@ -153,8 +182,8 @@ mod tests {
     #[test]
     fn the_reader_attempts_a_keys_events_in_source_order() {
         let mut keys = ParkedKeys::default();
-        keys.parked(b"k", 10, 0); // N
-        keys.parked(b"k", 11, 1); // N+1, behind it
+        keys.parked(b"k", 10, 0, 0); // N
+        keys.parked(b"k", 11, 1, 0); // N+1, behind it
         assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Attempt);
         assert_eq!(keys.on_read(b"k", 11, 1), OnRead::Hold);
         // N delivered: N+1 is next, and it is in memory.
@@ -166,12 +195,12 @@ mod tests {
     #[test]
     fn an_event_whose_head_is_later_in_the_log_is_parked_again() {
         let mut keys = ParkedKeys::default();
-        keys.parked(b"k", 10, 0); // N
-        keys.parked(b"k", 12, 1); // N+2
-        keys.parked(b"k", 10, 5); // N parked again after a failed retry
+        keys.parked(b"k", 10, 0, 0); // N
+        keys.parked(b"k", 12, 1, 0); // N+2
+        keys.parked(b"k", 10, 5, 0); // N parked again after a failed retry
         assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Obsolete);
         assert_eq!(keys.on_read(b"k", 12, 1), OnRead::ParkAgain);
-        keys.parked(b"k", 12, 6);
+        keys.parked(b"k", 12, 6, 0);
         assert_eq!(keys.on_read(b"k", 10, 5), OnRead::Attempt);
         assert_eq!(keys.on_read(b"k", 12, 6), OnRead::Hold);
         assert_eq!(keys.len(), 2);
@@ -180,12 +209,12 @@ mod tests {
     #[test]
     fn records_of_finished_events_are_obsolete() {
         let mut keys = ParkedKeys::default();
-        keys.parked(b"k", 10, 0);
+        keys.parked(b"k", 10, 0, 0);
         keys.done(b"k", 10);
         assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Obsolete);
         // An older record seen after a newer one does not move the event back.
-        keys.parked(b"j", 3, 9);
-        keys.parked(b"j", 3, 4);
+        keys.parked(b"j", 3, 9, 0);
+        keys.parked(b"j", 3, 4, 0);
         assert_eq!(keys.on_read(b"j", 3, 4), OnRead::Obsolete);
         assert_eq!(keys.on_read(b"j", 3, 9), OnRead::Attempt);
     }

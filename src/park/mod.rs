@@ -17,3 +17,7 @@
 
 pub mod keys;
 pub mod record;
+pub mod state;
+
+pub use record::{ParkReason, Parked};
+pub use state::{Parking, Read, Turn};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::deadletter::{AttemptRecord, SourceRef};
+use crate::webhook::{EventType, WebhookEvent};
 
 /// Version of the record layout; a reader refuses versions it does not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -57,6 +58,10 @@ pub struct Parked {
     /// The webhook event id (also the `webhook-id` header).
     pub event_id: String,
     pub organization_id: String,
+    pub event_type: EventType,
+    pub regulation: String,
+    /// When the change happened (end-to-end latency is measured from it).
+    pub occurred_at: DateTime<Utc>,
     /// The webhook body, exactly as POSTed.
     pub event: Box<RawValue>,
     /// Where the event's record was read: its partition is the retry partition, its offset
@@ -69,6 +74,8 @@ pub struct Parked {
     pub first_attempt_at: Option<DateTime<Utc>>,
     /// When the next attempt is due.
     pub due_at: DateTime<Utc>,
+    /// When the event was first parked (the age of the parked backlog counts from here).
+    pub parked_at: DateTime<Utc>,
     pub reason: ParkReason,
 }
 
@@ -82,6 +89,49 @@ pub enum DecodeError {
 }
 
 impl Parked {
+    /// The parked form of `event`, read at `source`, with its delivery state so far.
+    pub fn new(
+        event: &WebhookEvent,
+        source: SourceRef,
+        attempts: Vec<AttemptRecord>,
+        first_attempt_at: Option<DateTime<Utc>>,
+        due_at: DateTime<Utc>,
+        reason: ParkReason,
+    ) -> Parked {
+        let body = std::str::from_utf8(&event.body)
+            .ok()
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok())
+            .expect("a derived body is UTF-8 JSON");
+        Parked {
+            schema_version: SCHEMA_VERSION,
+            event_id: event.id.clone(),
+            organization_id: event.organization_id.clone(),
+            event_type: event.event_type,
+            regulation: event.regulation.clone(),
+            occurred_at: event.occurred_at,
+            event: body,
+            source,
+            attempts,
+            first_attempt_at,
+            due_at,
+            parked_at: Utc::now(),
+            reason,
+        }
+    }
+
+    /// The event to deliver: the same id and the same body bytes as when it was derived.
+    pub fn webhook_event(&self) -> WebhookEvent {
+        WebhookEvent {
+            id: self.event_id.clone(),
+            event_type: self.event_type,
+            organization_id: self.organization_id.clone(),
+            regulation: self.regulation.clone(),
+            change_id: self.source.change_id.clone(),
+            occurred_at: self.occurred_at,
+            body: bytes::Bytes::copy_from_slice(self.event.get().as_bytes()),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a parked record of strings and raw JSON serializes")
     }
@@ -109,6 +159,9 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             event_id: "6f1c".into(),
             organization_id: "acme".into(),
+            event_type: EventType::UserUpdated,
+            regulation: "gdpr".into(),
+            occurred_at: "2026-12-02T09:59:59Z".parse().unwrap(),
             event: RawValue::from_string(
                 r#"{"id":"6f1c","n":123456789012345678901234567890,"s":"\u00e9"}"#.into(),
             )
@@ -127,6 +180,7 @@ mod tests {
             }],
             first_attempt_at: Some("2026-12-02T10:00:00Z".parse().unwrap()),
             due_at: "2026-12-02T10:00:05Z".parse().unwrap(),
+            parked_at: "2026-12-02T10:00:00Z".parse().unwrap(),
             reason: ParkReason::Retry,
         }
     }
@@ -142,6 +196,10 @@ mod tests {
         assert_eq!(back.source, original.source);
         assert_eq!(back.reason, ParkReason::Retry);
         assert_eq!(back.retries_done(), 0);
+        let event = back.webhook_event();
+        assert_eq!(&event.body[..], original.event.get().as_bytes());
+        assert_eq!(event.change_id, "c1");
+        assert_eq!(event.event_type, EventType::UserUpdated);
     }
 
     #[test]

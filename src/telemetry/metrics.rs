@@ -6,7 +6,7 @@
 //! - the `organization` label takes only organization ids listed in the configuration (events
 //!   of unlisted organizations are counted without it), so its cardinality is bounded by the
 //!   config, not by the data;
-//! - `partition` takes only the input topic's partition numbers.
+//! - `partition` takes only the input topic's partition numbers (the retry topic has the same).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -42,6 +42,12 @@ pub struct Metrics {
     pub output_write_failures: IntCounterVec,
     pub endpoint_failing: IntGaugeVec,
     pub ready: IntGauge,
+    pub parks: IntCounterVec,
+    pub unparks: IntCounterVec,
+    pub parked_events: IntGauge,
+    pub parked_oldest_age: IntGauge,
+    pub parked_in_memory: IntGauge,
+    pub retry_lag: IntGaugeVec,
 }
 
 /// Attempt-latency buckets: 5 ms to the 10 s request timeout and a little beyond.
@@ -142,6 +148,12 @@ impl Metrics {
             output_write_failures: counter_vec(&r, "output_write_failures_total", "Failed writes to the dead-letter or rejected topic, by topic (dead_letter, rejected) and reason.", &["topic", "reason"]),
             endpoint_failing: gauge_vec(&r, "endpoint_failing", "1 while an organization's last delivery attempt failed, 0 after a success.", &["organization"]),
             ready: gauge(&r, "ready", "1 when /readyz answers 200."),
+            parks: counter_vec(&r, "parks_total", "Events parked on the retry topic (write acknowledged), by organization and reason (retry, lane_full, behind_key, revoked, shutdown).", &["organization", "reason"]),
+            unparks: counter_vec(&r, "unparks_total", "Parked events read back from the retry topic for their next attempt, by organization.", &["organization"]),
+            parked_events: gauge(&r, "parked_events", "Parked events not done yet, in the retry partitions this replica owns."),
+            parked_oldest_age: gauge(&r, "parked_oldest_age_seconds", "Age of the oldest parked event not done yet (since it was first parked), in the retry partitions this replica owns; 0 when none."),
+            parked_in_memory: gauge(&r, "parked_in_memory", "Parked events read back and held in memory (waiting for their due time, behind their key, or in flight)."),
+            retry_lag: gauge_vec(&r, "retry_lag", "Records between the retry reader's committed position and the end of each retry partition this replica owns.", &["partition"]),
             registry: r,
         };
         m.preregister(organizations);
@@ -183,6 +195,10 @@ impl Metrics {
                 self.dead_letters.with_label_values(&[org, reason.code()]);
             }
             self.retries_scheduled.with_label_values(&[org]);
+            self.unparks.with_label_values(&[org]);
+            for reason in crate::park::record::ParkReason::ALL {
+                self.parks.with_label_values(&[org, reason.code()]);
+            }
             self.endpoint_failing.with_label_values(&[org]).set(0);
             self.attempt_duration.with_label_values(&[org]);
         }

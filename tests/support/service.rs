@@ -14,6 +14,7 @@ pub struct Topics {
     pub input: String,
     pub dead_letter: String,
     pub rejected: String,
+    pub retry: String,
     pub group: String,
 }
 
@@ -24,9 +25,11 @@ impl Topics {
             input: kafka::unique_name("changes"),
             dead_letter: kafka::unique_name("dead-letter"),
             rejected: kafka::unique_name("rejected"),
+            retry: kafka::unique_name("retry"),
             group: kafka::unique_name("group"),
         };
         kafka::create_topic(&topics.input, partitions).await;
+        kafka::create_topic(&topics.retry, partitions).await;
         kafka::create_topic(&topics.dead_letter, 1).await;
         kafka::create_topic(&topics.rejected, 1).await;
         topics
@@ -35,8 +38,8 @@ impl Topics {
     /// The `[kafka]` and `[delivery]` sections; `delivery` adds/overrides delivery keys.
     pub fn config(&self, delivery: &str) -> String {
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\ndead_letter_topic = \"{}\"\nrejected_topic = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[delivery]\n{delivery}\n",
-            kafka::bootstrap(), self.group, self.input, self.dead_letter, self.rejected
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\ndead_letter_topic = \"{}\"\nrejected_topic = \"{}\"\nretry_topic = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[delivery]\n{delivery}\n",
+            kafka::bootstrap(), self.group, self.input, self.dead_letter, self.rejected, self.retry
         )
     }
 

@@ -1,0 +1,420 @@
+//! The retry reader: reads parked events back from the retry partitions whose input partitions
+//! this replica owns, on the consumer thread.
+//!
+//! Guarantees:
+//! - **One owner.** Retry partition *p* is read only by the owner of input partition *p*: it is
+//!   assigned (not subscribed) when input *p* is assigned, and unassigned when *p* is revoked.
+//!   Its read position is committed in the group `<group_id>.retry`, which has no members (it
+//!   only holds commits), and, as for the input, never past a record that is not done.
+//! - **Index first.** On assignment, retry *p* is scanned from its committed position to its
+//!   end and the parked-key index of *p* is installed before any input record of *p* is
+//!   delivered (the scan runs inside the rebalance callback, before the next poll).
+//! - **Bounded.** Past `max_parked_in_memory` parked records read and not done, reading pauses;
+//!   it resumes below half of it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use super::Progress;
+use crate::config::Settings;
+use crate::dispatch::Work;
+use crate::park::keys::ParkedKeys;
+use crate::park::{Parked, Parking};
+use crate::telemetry::Metrics;
+
+/// Longest a scan of the retry partitions may take at assignment before delivery goes on with
+/// what it read (logged as an error: order per key may then break for the keys not seen).
+const SCAN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Metadata and committed-offset requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parked records taken per turn of the consumer loop.
+const BATCH: usize = 512;
+
+/// The dispatcher closed its channel: the process is stopping.
+#[derive(Debug)]
+pub struct DispatcherGone;
+
+pub struct RetryContext {
+    topic: String,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+}
+
+impl ClientContext for RetryContext {
+    /// Retry-topic lag per owned partition, from librdkafka statistics.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let assigned = self.progress.lock().assigned();
+        for (&partition, p) in &topic.partitions {
+            if partition >= 0 && assigned.contains(&partition) && p.consumer_lag >= 0 {
+                self.metrics
+                    .retry_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RetryContext {}
+
+pub struct RetryReader {
+    consumer: BaseConsumer<RetryContext>,
+    /// Reads a partition to its end at assignment, without a group.
+    scanner: BaseConsumer,
+    topic: String,
+    /// Parked records read and not done.
+    pub progress: Arc<Progress>,
+    parking: Arc<Parking>,
+    max_in_memory: usize,
+    paused: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl RetryReader {
+    pub fn new(
+        settings: &Settings,
+        progress: Arc<Progress>,
+        parking: Arc<Parking>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let kafka = &settings.kafka;
+        let defaults = [
+            ("auto.offset.reset", "earliest"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("statistics.interval.ms", "5000"),
+        ];
+        let context = RetryContext {
+            topic: kafka.retry_topic.clone(),
+            metrics: metrics.clone(),
+            progress: progress.clone(),
+        };
+        let consumer: BaseConsumer<RetryContext> = crate::kafka::client_config(kafka, &defaults)
+            .set("group.id", format!("{}.retry", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(context)?;
+        let scanner: BaseConsumer = crate::kafka::client_config(kafka, &defaults[..1])
+            .set("group.id", format!("{}.retry-scan", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+        Ok(RetryReader {
+            consumer,
+            scanner,
+            topic: kafka.retry_topic.clone(),
+            progress,
+            parking,
+            max_in_memory: settings.delivery.max_parked_in_memory,
+            paused: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    fn list(&self, partitions: &[(i32, Offset)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &(p, offset) in partitions {
+            let _ = list.add_partition_offset(&self.topic, p, offset);
+        }
+        list
+    }
+
+    /// Input partitions were assigned: scan their retry partitions, install their indexes,
+    /// and start reading them from their committed positions.
+    pub fn assign(&self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let starts = self.committed(partitions);
+        let indexes = self.scan(&starts);
+        for (p, keys) in indexes {
+            self.parking.install(p, keys);
+        }
+        self.progress.lock().assign(partitions.iter().copied());
+        let list = self.list(&starts);
+        if let Err(error) = self.consumer.incremental_assign(&list) {
+            error!(%error, ?partitions, "cannot assign the retry partitions: parked events of them wait for the next assignment");
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            let _ = self.consumer.pause(&list);
+        }
+    }
+
+    /// Where to read each retry partition from: its committed position, or its beginning.
+    fn committed(&self, partitions: &[i32]) -> Vec<(i32, Offset)> {
+        let wanted = self.list(
+            &partitions
+                .iter()
+                .map(|&p| (p, Offset::Invalid))
+                .collect::<Vec<_>>(),
+        );
+        let committed = self
+            .consumer
+            .committed_offsets(wanted, REQUEST_TIMEOUT)
+            .map_err(|error| warn!(%error, "cannot read the retry reader's committed positions; reading from the beginning"))
+            .ok();
+        partitions
+            .iter()
+            .map(|&p| {
+                let offset = committed
+                    .as_ref()
+                    .and_then(|c| c.find_partition(&self.topic, p))
+                    .map(|e| e.offset())
+                    .filter(|o| matches!(o, Offset::Offset(_)))
+                    .unwrap_or(Offset::Beginning);
+                (p, offset)
+            })
+            .collect()
+    }
+
+    /// Reads each partition from `starts` to its current end: the parked events not done.
+    fn scan(&self, starts: &[(i32, Offset)]) -> Vec<(i32, ParkedKeys)> {
+        let mut indexes: Vec<(i32, ParkedKeys)> = Vec::new();
+        let mut ends: Vec<(i32, i64)> = Vec::new();
+        for &(p, start) in starts {
+            indexes.push((p, ParkedKeys::default()));
+            let (low, high) = match self
+                .scanner
+                .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
+            {
+                Ok(watermarks) => watermarks,
+                Err(error) => {
+                    error!(%error, partition = p, "cannot read the retry partition's end; delivering without its index");
+                    continue;
+                }
+            };
+            let from = match start {
+                Offset::Offset(o) => o.max(low),
+                _ => low,
+            };
+            if high > from {
+                ends.push((p, high));
+            }
+        }
+        if ends.is_empty() {
+            return indexes;
+        }
+        let list = self.list(
+            &starts
+                .iter()
+                .filter(|(p, _)| ends.iter().any(|(e, _)| e == p))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        if let Err(error) = self.scanner.assign(&list) {
+            error!(%error, "cannot scan the retry partitions; delivering without their index");
+            return indexes;
+        }
+        let started = Instant::now();
+        let mut records = 0usize;
+        while !ends.is_empty() && started.elapsed() < SCAN_PATIENCE {
+            let Some(message) = self.scanner.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let Ok(message) = message else { continue };
+            let (p, offset) = (message.partition(), message.offset());
+            records += 1;
+            if let (Some(key), Some(payload)) = (message.key(), message.payload()) {
+                if let Ok(parked) = Parked::decode(payload) {
+                    if let Some((_, keys)) = indexes.iter_mut().find(|(q, _)| *q == p) {
+                        keys.parked(
+                            key,
+                            parked.source.offset,
+                            offset,
+                            parked.parked_at.timestamp_millis(),
+                        );
+                    }
+                }
+            }
+            ends.retain(|&(q, high)| !(q == p && offset + 1 >= high));
+        }
+        if !ends.is_empty() {
+            error!(
+                ?ends,
+                "the retry partitions were not read to their end in time: order per key may break for keys parked there"
+            );
+        }
+        let _ = self.scanner.unassign();
+        let parked: usize = indexes.iter().map(|(_, k)| k.len()).sum();
+        info!(
+            records,
+            parked,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "retry partitions scanned"
+        );
+        indexes
+    }
+
+    /// The partitions are about to go: stop reading them, tell their work to park what waits.
+    pub fn leave(&self, partitions: &[i32]) {
+        self.progress.lock().leave(partitions.iter().copied());
+        let list = self.list(
+            &partitions
+                .iter()
+                .map(|&p| (p, Offset::Invalid))
+                .collect::<Vec<_>>(),
+        );
+        if let Err(error) = self.consumer.incremental_unassign(&list) {
+            warn!(%error, ?partitions, "cannot unassign the retry partitions");
+        }
+    }
+
+    /// The partitions are gone: forget their work and their index.
+    pub fn revoke(&self, partitions: &[i32]) {
+        self.progress.lock().revoke(partitions.iter().copied());
+        self.parking.remove(partitions);
+        for p in partitions {
+            let _ = self
+                .metrics
+                .retry_lag
+                .remove_label_values(&[&p.to_string()]);
+        }
+    }
+
+    /// Commits the read positions of `partitions` below which everything is done.
+    pub fn commit(&self, partitions: &[i32]) {
+        let mut list = TopicPartitionList::new();
+        {
+            let tracker = self.progress.lock();
+            for &p in partitions {
+                if let Some(w) = tracker.watermark(p) {
+                    let _ = list.add_partition_offset(&self.topic, p, Offset::Offset(w));
+                }
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        match self.consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                let mut tracker = self.progress.lock();
+                for element in list.elements() {
+                    if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
+                        tracker.committed(element.partition(), offset);
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%error, "retry reader commit failed; retried on the next tick");
+            }
+        }
+    }
+
+    /// Commits what moved since the last confirmed commit.
+    pub fn commit_done(&self) {
+        let moved: Vec<i32> = self
+            .progress
+            .lock()
+            .advanced()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if !moved.is_empty() {
+            self.commit(&moved);
+        }
+    }
+
+    /// Takes what was read (up to a batch) and hands it to the dispatcher. `Err` when the
+    /// dispatcher is gone.
+    pub fn poll(&self, work: &mpsc::Sender<Work>) -> Result<(), DispatcherGone> {
+        for _ in 0..BATCH {
+            self.flow_control();
+            if self.paused.load(Ordering::SeqCst) {
+                // Still serve callbacks (statistics) while paused.
+                let _ = self.consumer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            match self.consumer.poll(Duration::ZERO) {
+                None => return Ok(()),
+                Some(Err(error)) => warn!(%error, "retry reader error"),
+                Some(Ok(message)) => {
+                    if let Some(item) = self.take(&message) {
+                        work.blocking_send(item).map_err(|_| DispatcherGone)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
+        let (partition, offset) = (message.partition(), message.offset());
+        let ticket = self.progress.lock().take(partition, offset)?;
+        let parked = message
+            .payload()
+            .ok_or_else(|| "no value".to_owned())
+            .and_then(|p| Parked::decode(p).map_err(|e| e.to_string()));
+        match (parked, message.key()) {
+            (Ok(parked), Some(key)) if parked.source.partition == partition => Some(Work::Parked {
+                ticket,
+                key: key.to_vec(),
+                parked: Box::new(parked),
+            }),
+            (parked, _) => {
+                let why = match parked {
+                    Err(e) => e,
+                    Ok(p) if p.source.partition != partition => format!(
+                        "its source partition {} is not its retry partition",
+                        p.source.partition
+                    ),
+                    Ok(_) => "it has no key".to_owned(),
+                };
+                error!(
+                    partition,
+                    offset,
+                    "skipping a record of the retry topic that is not a parked event: {why}"
+                );
+                self.progress.complete(&ticket);
+                None
+            }
+        }
+    }
+
+    /// Pauses reading past `max_parked_in_memory` records held, resumes below half of it.
+    fn flow_control(&self) {
+        let pending = self.progress.lock().pending();
+        self.metrics
+            .parked_in_memory
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        let paused = self.paused.load(Ordering::SeqCst);
+        let pause = if !paused && pending >= self.max_in_memory {
+            true
+        } else if paused && pending <= self.max_in_memory / 2 {
+            false
+        } else {
+            return;
+        };
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                self.paused.store(pause, Ordering::SeqCst);
+                info!(pending, paused = pause, "retry reader back-pressure");
+            }
+            Err(error) => warn!(%error, "retry reader pause/resume failed"),
+        }
+    }
+
+    /// Every owned partition, for shutdown.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.progress.lock().assigned()
+    }
+}
