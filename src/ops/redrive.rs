@@ -59,7 +59,7 @@ pub struct RedriveArgs {
     #[arg(long, value_name = "RFC3339", value_parser = parse_time_arg)]
     pub until: Option<DateTime<Utc>>,
     /// Only dead letters with this reason (repeatable): exhausted, permanent_status,
-    /// address_refused, endpoint_not_configured, lane_overflow.
+    /// address_refused, endpoint_not_configured, park_refused, lane_overflow.
     #[arg(long = "reason", value_name = "REASON", value_parser = parse_reason)]
     pub reasons: Vec<DeadLetterReason>,
     /// Redrive at most this many events (the oldest dead letters first).

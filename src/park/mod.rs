@@ -8,12 +8,19 @@
 //! retry partition *p*, and attempts each key's parked events in source order, continuing each
 //! event's schedule where it stopped.
 //!
-//! This module holds the pure parts, tested on their own:
+//! What parks, and when (applied by [`crate::dispatch`]): a first attempt that failed and may
+//! be retried (`retry`); a new event whose organization's lane is full, or holds its endpoint's
+//! `concurrency` while that endpoint fails (`lane_full`); an event whose key has a parked event
+//! not done (`behind_key`); whatever waits when its partition is revoked (`revoked`) or the
+//! process stops (`shutdown`). The retry reader ([`crate::ingest::retry`]) reads parked
+//! records back on the owner of their partition.
+//!
+//! The parts:
 //! - [`record`]: what a parked record carries, and its encoding;
 //! - [`keys`]: which keys of a partition have parked events, and what that means for the next
-//!   event of such a key (park behind, hold in memory, or attempt).
-//!
-//! Status: the pipeline does not park yet; docs/durable-retries.md says what is left to build.
+//!   event of such a key (park behind, hold in memory, or attempt);
+//! - [`state`]: the indexes of the owned partitions and the followers held behind their key's
+//!   head, under one lock.
 
 pub mod keys;
 pub mod record;
