@@ -350,17 +350,17 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
     .await;
 
     let mut logs = Vec::new();
-    for i in 0..3 {
-        services[i].signal("TERM");
-        let status = services[i].wait_exit(Duration::from_secs(30));
+    for (i, service) in services.iter_mut().enumerate() {
+        service.signal("TERM");
+        let status = service.wait_exit(Duration::from_secs(30));
         assert!(
             status.is_some_and(|s| s.success()),
             "process {i} stopped cleanly on SIGTERM: {}",
-            services[i].logs()
+            service.logs()
         );
         kafka::produce(&topics.input, &produce_round(&mut sent)).await;
-        logs.push(services[i].logs());
-        services[i] = Service::start(&config, &[]);
+        logs.push(service.logs());
+        *service = Service::start(&config, &[]);
         kafka::produce(&topics.input, &produce_round(&mut sent)).await;
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use consent_webhooks::telemetry::Metrics;
 use serde_json::Value;
 use support::kafka;
-use support::receiver::Receiver;
+use support::receiver::{Receiver, Reply};
 use support::records;
 use support::service::{free_port, organization, Service, Topics};
 
@@ -506,7 +506,8 @@ const ACME_EVENTS: usize = 12;
 const GLOBEX_EVENTS: usize = 3;
 
 /// A running service whose `/metrics` is on `metrics`, with two organizations: `acme` (its
-/// endpoint answers 200) and `globex` (400: dead-lettered, `permanent_status`).
+/// endpoint answers 200, after one 503: that event is parked on the retry topic, read back and
+/// delivered) and `globex` (400: dead-lettered, `permanent_status`).
 struct Pipeline {
     metrics: SocketAddr,
     input: String,
@@ -536,8 +537,10 @@ impl Pipeline {
     }
 
     /// Produces `ACME_EVENTS` + `GLOBEX_EVENTS` changes and one broken record, and waits until
-    /// acme got its events, globex's are dead-lettered and the broken record rejected.
+    /// acme got its events (one of them after a retry from the retry topic), globex's are
+    /// dead-lettered and the broken record rejected.
     async fn deliver(&self) {
+        self.acme.script([Reply::status(503)]);
         let mut input = records::users_created("acme", ACME_EVENTS);
         input.extend(records::users_created("globex", GLOBEX_EVENTS));
         input.push(("acme/broken".to_owned(), b"{not json".to_vec()));
@@ -556,10 +559,17 @@ impl Pipeline {
         // Dead letters are counted once the broker acknowledged them: wait for the counters.
         let dead_letters = r#"consent_webhooks_dead_letters_total{organization="globex",reason="permanent_status"}"#;
         let rejected = r#"consent_webhooks_records_rejected_total{reason="invalid_json"}"#;
-        self.wait_metrics("globex's dead letters and the rejected record", |text| {
-            sample(text, dead_letters) == Some(GLOBEX_EVENTS as f64)
-                && sample(text, rejected) == Some(1.0)
-        })
+        let parked = r#"consent_webhooks_parks_total{organization="acme",reason="retry"}"#;
+        let unparked = r#"consent_webhooks_unparks_total{organization="acme"}"#;
+        self.wait_metrics(
+            "globex's dead letters, the rejected record and acme's parked retry",
+            |text| {
+                sample(text, dead_letters) == Some(GLOBEX_EVENTS as f64)
+                    && sample(text, rejected) == Some(1.0)
+                    && sample(text, parked) == Some(1.0)
+                    && sample(text, unparked) == Some(1.0)
+            },
+        )
         .await;
     }
 
@@ -622,9 +632,13 @@ async fn live_metrics_pass_promtool_check_metrics() {
     let pipeline = Pipeline::start().await;
     pipeline.deliver().await;
     let text = pipeline
-        .wait_metrics("the per-partition lag (librdkafka statistics)", |text| {
-            text.contains("consent_webhooks_consumer_lag{")
-        })
+        .wait_metrics(
+            "the per-partition lag of the input and retry topics (librdkafka statistics)",
+            |text| {
+                text.contains("consent_webhooks_consumer_lag{")
+                    && text.contains("consent_webhooks_retry_lag{")
+            },
+        )
         .await;
     promtool(
         &repo_file("."),
@@ -806,6 +820,11 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression_on_live_metri
             "consent_webhooks_delivery_latency_seconds_count",
             ACME_EVENTS,
         ),
+        (
+            r#"consent_webhooks_parks_total{organization="acme",reason="retry"}"#,
+            1,
+        ),
+        (r#"consent_webhooks_unparks_total{organization="acme"}"#, 1),
     ] {
         prometheus
             .wait_for(&format!("{expr} == {want}"), Duration::from_secs(30))

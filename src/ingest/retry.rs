@@ -199,6 +199,11 @@ impl RetryReader {
                 Offset::Offset(o) => o.max(low),
                 _ => low,
             };
+            // Until librdkafka's statistics report it (only once the group has committed).
+            self.metrics
+                .retry_lag
+                .with_label_values(&[&p.to_string()])
+                .set((high - from).max(0));
             if high > from {
                 ends.push((p, high));
             }
