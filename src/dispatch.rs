@@ -34,45 +34,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::change::Rejection;
 use crate::config::Settings;
 use crate::deadletter::{
-    AttemptRecord, DeadLetter, DeadLetterReason, InputRecord, Producers, SourceRef, WriteError,
+    AttemptRecord, DeadLetter, DeadLetterReason, Producers, SourceRef, WriteError,
 };
 use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Priority, Target, TokenSource};
 use crate::delivery::{Permit, Permits};
-use crate::ingest::{Progress, Ticket};
 use crate::park::{ParkReason, Parked, Parking, Read, Turn};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
+use crate::work::{Progress, Ticket, Work};
 
 /// Headers of a parked record, so that a reader can tell what it holds without its body.
 pub const PARKED_ORGANIZATION_HEADER: &str = "consent-webhooks-organization";
 pub const PARKED_EVENT_ID_HEADER: &str = "webhook-id";
 pub const PARKED_DUE_HEADER: &str = "consent-webhooks-due";
 pub const PARKED_REASON_HEADER: &str = "consent-webhooks-park-reason";
-
-/// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
-#[derive(Debug)]
-pub enum Work {
-    Deliver {
-        ticket: Ticket,
-        key: Option<Vec<u8>>,
-        event: WebhookEvent,
-        source: SourceRef,
-    },
-    Reject {
-        ticket: Ticket,
-        record: InputRecord,
-        rejection: Rejection,
-    },
-    /// A parked record read back from the retry topic (its ticket is on the retry topic).
-    Parked {
-        ticket: Ticket,
-        key: Vec<u8>,
-        parked: Box<Parked>,
-    },
-}
 
 /// How an event's turn here ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! consent-webhooks: consent-change records from Kafka in, webhooks out (see SPEC.md).
 //!
-//! Pipeline stages, one module each: [`ingest`] (Kafka consumer, offsets) → [`change`] (parse
-//! and validate) → [`derive`] (pure rules) → [`webhook`] (the event, its id and signature) →
-//! [`dispatch`] (per-organization lanes) → [`delivery`] (HTTP, OAuth, retry policy) →
-//! [`deadletter`] (permanent storage). [`pipeline`] wires them with one shutdown path.
+//! Pipeline stages, one module each: [`ingest`] (Kafka consumer, retry reader) → [`change`]
+//! (parse and validate) → [`derive`] (pure rules) → [`webhook`] (the event, its id and
+//! signature) → [`dispatch`] (per-organization lanes, first attempts, retries) → [`delivery`]
+//! (HTTP, OAuth, retry policy) → [`park`] (durable retries) and [`deadletter`] (permanent
+//! storage). [`work`] is what ingest and dispatch exchange; [`pipeline`] wires them with one
+//! shutdown path.
 
 pub mod change;
 pub mod cli;
@@ -22,3 +24,4 @@ pub mod rawjson;
 pub mod signals;
 pub mod telemetry;
 pub mod webhook;
+pub mod work;

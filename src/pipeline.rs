@@ -24,9 +24,10 @@ use crate::config::Settings;
 use crate::deadletter::Producers;
 use crate::delivery::{Deliverer, TokenSource};
 use crate::dispatch::{Dispatcher, Parts};
-use crate::ingest::{Ingest, IngestState, Progress, RetryReader};
+use crate::ingest::{Ingest, IngestState, RetryReader};
 use crate::park::Parking;
 use crate::telemetry::{health, Metrics};
+use crate::work::Progress;
 
 /// Capacity of the consumer → dispatcher channel. The dispatcher never waits on I/O to take
 /// from it, so it rarely fills; memory is bounded by `max_pending_records` (pause) anyway.

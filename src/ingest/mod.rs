@@ -1,7 +1,7 @@
 //! Ingest: the Kafka consumer, on its own thread.
 //!
 //! Guarantees (at-least-once):
-//! - An offset is committed only when every record below it is done (see [`offsets`]). This
+//! - An offset is committed only when every record below it is done (see [`crate::work::offsets`]). This
 //!   thread commits the moved watermarks itself, synchronously, once a second, on revoke and at
 //!   shutdown; librdkafka's auto-commit is off. A watermark counts as committed only once the
 //!   broker confirmed it: a failed commit is tried again on the next tick, quiet partition or not. One thread, synchronous commits: a commit can
@@ -19,8 +19,6 @@
 //! Parsing and derivation (pure and fast) run here, on the consumer thread; only records that
 //! need I/O (delivery, rejection) cross to the async side.
 
-pub mod offsets;
-mod progress;
 pub mod retry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,16 +33,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use offsets::Ticket;
-pub use progress::Progress;
 pub use retry::RetryReader;
 
 use crate::change::ConsentChange;
 use crate::config::Settings;
 use crate::deadletter::{InputRecord, SourceRef};
 use crate::derive::{derive, Derived, Rules};
-use crate::dispatch::Work;
 use crate::telemetry::Metrics;
+use crate::work::{Progress, Work};
 
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

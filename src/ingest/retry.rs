@@ -23,12 +23,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::Progress;
 use crate::config::Settings;
-use crate::dispatch::Work;
 use crate::park::keys::ParkedKeys;
 use crate::park::{Parked, Parking};
 use crate::telemetry::Metrics;
+use crate::work::{Progress, Work};
 
 /// Longest a scan of the retry partitions may take at assignment before delivery goes on with
 /// what it read (logged as an error: order per key may then break for the keys not seen).

@@ -1,0 +1,36 @@
+//! What the consumer thread and the dispatcher exchange, in one place both use (neither
+//! imports the other): the [`Work`] handed over, the [`Ticket`] each piece of work owes a
+//! completion, and the [`Progress`] that turns completions into committable offsets.
+
+pub mod offsets;
+mod progress;
+
+pub use offsets::{OffsetTracker, Ticket};
+pub use progress::Progress;
+
+use crate::change::Rejection;
+use crate::deadletter::{InputRecord, SourceRef};
+use crate::park::Parked;
+use crate::webhook::WebhookEvent;
+
+/// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
+#[derive(Debug)]
+pub enum Work {
+    Deliver {
+        ticket: Ticket,
+        key: Option<Vec<u8>>,
+        event: WebhookEvent,
+        source: SourceRef,
+    },
+    Reject {
+        ticket: Ticket,
+        record: InputRecord,
+        rejection: Rejection,
+    },
+    /// A parked record read back from the retry topic (its ticket is on the retry topic).
+    Parked {
+        ticket: Ticket,
+        key: Vec<u8>,
+        parked: Box<Parked>,
+    },
+}
