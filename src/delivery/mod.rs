@@ -21,7 +21,9 @@ pub mod redact;
 pub mod retry;
 pub mod target;
 
+/// Test-only HTTP receivers and settings for the unit tests; they live with the tests.
 #[cfg(test)]
+#[path = "../../tests/unit/testkit.rs"]
 pub(crate) mod testkit;
 
 pub use attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
