@@ -83,6 +83,17 @@ impl DeadLetterReason {
     }
 }
 
+impl From<crate::delivery::GiveUpReason> for DeadLetterReason {
+    fn from(reason: crate::delivery::GiveUpReason) -> Self {
+        use crate::delivery::GiveUpReason;
+        match reason {
+            GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
+            GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
+            GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
+        }
+    }
+}
+
 /// Where a record came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceRef {

@@ -22,7 +22,7 @@
 //! - **Leaving** (revoke, shutdown): what waits — for permits, behind its key, for its due
 //!   time — is parked (reason `revoked` or `shutdown`); attempts in flight finish.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,7 +38,7 @@ use crate::config::Settings;
 use crate::deadletter::{
     AttemptRecord, DeadLetter, DeadLetterReason, Producers, SourceRef, WriteError,
 };
-use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Priority, Target, TokenSource};
+use crate::delivery::{Attempt, Decision, Deliverer, KeyQueues, Priority, Target, TokenSource};
 use crate::delivery::{Permit, Permits};
 use crate::park::{ParkReason, Parked, Parking, Read, Turn};
 use crate::telemetry::Metrics;
@@ -99,7 +99,7 @@ struct Lane {
 #[derive(Default)]
 struct LaneState {
     /// Keys with a worker running, and the events waiting behind it.
-    keys: HashMap<Vec<u8>, VecDeque<Job>>,
+    keys: KeyQueues<Vec<u8>, Job>,
     /// Events in this lane that are not done yet.
     pending: usize,
 }
@@ -347,7 +347,7 @@ fn leaving(shared: &Shared) -> ParkReason {
 
 fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, mut job: Job) {
     let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
-    let running = state.keys.contains_key(&key);
+    let running = state.keys.is_running(&key);
     // A key already running keeps its events behind it in memory (they are parked behind it as
     // soon as it parks); a new key of a full lane is parked at once.
     if !running {
@@ -359,11 +359,9 @@ fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, mut job: Job) {
         job.lane_full = state.pending >= limit;
     }
     state.pending += 1;
-    if let Some(queue) = state.keys.get_mut(&key) {
-        queue.push_back(job);
+    let Some(job) = state.keys.submit(&key, job) else {
         return;
-    }
-    state.keys.insert(key.clone(), VecDeque::new());
+    };
     drop(state);
     let tasks = shared.cx.tasks.clone();
     tasks.spawn(run_key(lane, shared, key, job));
@@ -389,12 +387,9 @@ async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job)
         }
         let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
         state.pending -= 1;
-        match state.keys.get_mut(&key).and_then(VecDeque::pop_front) {
+        match state.keys.next(&key) {
             Some(next) => job = next,
-            None => {
-                state.keys.remove(&key);
-                return;
-            }
+            None => return,
         }
     }
 }
@@ -464,7 +459,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
             let record = DeadLetter::with_records(
                 &job.event,
                 Some(&lane.target.endpoint.settings.url),
-                give_up(reason),
+                reason.into(),
                 attempts,
                 job.source.clone(),
             );
@@ -542,20 +537,12 @@ async fn retry(
             let record = DeadLetter::with_records(
                 &event,
                 Some(&lane.target.endpoint.settings.url),
-                give_up(reason),
+                reason.into(),
                 std::mem::take(&mut parked.attempts),
                 parked.source.clone(),
             );
             dead_letter(shared, &event, record, ticket).await
         }
-    }
-}
-
-fn give_up(reason: GiveUpReason) -> DeadLetterReason {
-    match reason {
-        GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
-        GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
-        GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         retry_progress.clone(),
         parking.clone(),
         metrics.clone(),
+        producers.clone(),
     )
     .context("creating the retry reader's Kafka consumer")?;
     let ingest = Ingest::new(

@@ -422,11 +422,11 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
             .any(|w| l.contains(w))
         })
         .collect();
-    // Goal: only the requests in flight at each stop. Measured here: about 5 % of the healthy
-    // events, from offset commits the broker refuses (IllegalGeneration) while a cooperative
-    // rebalance is under way; the bound catches a return to re-sending whole partitions.
+    // Only the requests in flight at a stop may be sent twice (the healthy endpoints answer at
+    // once: a handful at most). Before the watermark markers, commits the broker refused during
+    // the cooperative rebalances cost about 5 % of the healthy events here.
     assert!(
-        duplicates * 5 <= total,
+        duplicates <= 10,
         "healthy duplicates: {duplicates} of {total}\n{}",
         digest.join("\n")
     );

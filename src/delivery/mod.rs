@@ -15,6 +15,7 @@
 pub mod attempt;
 pub mod client;
 pub mod guard;
+pub mod keyed;
 pub mod oauth;
 pub mod permits;
 pub mod redact;
@@ -29,6 +30,7 @@ pub(crate) mod testkit;
 pub use attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 pub use client::{Deliverer, DeliveryInitError, Endpoint};
 pub use guard::{check_url, is_global, GuardError, GuardedResolver, UrlPolicy};
+pub use keyed::KeyQueues;
 pub use oauth::{AccessToken, OAuthError, TokenSource};
 pub use permits::{Permit, Permits, Priority};
 pub use retry::{is_retryable_status, Decision, GiveUpReason, RetryPolicy};

@@ -1,16 +1,19 @@
 //! Ingest: the Kafka consumer, on its own thread.
 //!
 //! Guarantees (at-least-once):
-//! - An offset is committed only when every record below it is done (see [`crate::work::offsets`]). This
-//!   thread commits the moved watermarks itself, synchronously, once a second, on revoke and at
-//!   shutdown; librdkafka's auto-commit is off. A watermark counts as committed only once the
-//!   broker confirmed it: a failed commit is tried again on the next tick, quiet partition or not. One thread, synchronous commits: a commit can
-//!   never be overtaken by an older one (an auto-commit retried after a rebalance could).
+//! - An offset is committed only when every record below it is done (see
+//!   [`crate::work::offsets`]). This thread commits the moved watermarks itself, synchronously,
+//!   five times a second, on revoke and at shutdown; librdkafka's auto-commit is off. A
+//!   watermark counts as committed only once the broker confirmed it: a failed commit is tried
+//!   again on the next tick, quiet partition or not. One thread, synchronous commits: a commit
+//!   can never be overtaken by an older one (an auto-commit retried after a rebalance could).
 //! - On revoke, the revoked partitions' work is told to leave: what waits is parked (see
 //!   [`crate::park`]) and attempts in flight finish, within `drain_timeout` at most; what is
 //!   done (parked included) is committed synchronously before the partitions go, the rest is
 //!   cancelled and consumed again by the next owner (duplicates, same webhook id; never loss).
-//!   The retry partitions of the same numbers go with them ([`retry`]).
+//!   The retry partitions of the same numbers go with them ([`retry`]). When the broker refuses
+//!   that commit (it does during cooperative rebalances), a watermark marker on the retry
+//!   partition tells the next owner where to start ([`crate::park::marker`]).
 //! - Bounded: when `max_pending_records` records are taken and not done, every partition is
 //!   paused; they resume below half of it.
 //! - Shutdown: stop polling, park what waits, wait up to `drain_timeout` for in-flight work,
@@ -25,13 +28,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use retry::RetryReader;
 
@@ -39,14 +45,16 @@ use crate::change::ConsentChange;
 use crate::config::Settings;
 use crate::deadletter::{InputRecord, SourceRef};
 use crate::derive::{derive, Derived, Rules};
+use crate::park::marker::WatermarkMarker;
 use crate::telemetry::Metrics;
 use crate::work::{Progress, Work};
 
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// How often moved watermarks are committed.
-const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often moved watermarks are committed (a crash re-sends at most about this much work
+/// besides the requests in flight).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Observable state of the consumer, for readiness.
 #[derive(Debug, Default)]
@@ -108,6 +116,63 @@ impl ClientContext for IngestContext {
 }
 
 impl ConsumerContext for IngestContext {
+    /// As rdkafka's own, plus: before newly assigned partitions are fetched, their retry
+    /// partitions are scanned (the parked-key index must be in place before their first input
+    /// record is delivered), and a partition whose last owner left a watermark marker (its last
+    /// commit refused) starts at that watermark instead of the older committed offset.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions = self.partitions_of(tpl);
+                let markers = self.retry.assign(&partitions);
+                let committed = self.group_committed(consumer, &partitions);
+                self.resume_at_markers(tpl, &committed, &markers);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
+                    error!(%error, ?partitions, "cannot take the assigned partitions");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+                // What the group has committed counts as confirmed: a marker written later
+                // names it, and an unchanged watermark is not committed again.
+                let mut tracker = self.progress.lock();
+                for (p, offset) in committed {
+                    if let Some(offset) = offset {
+                        tracker.committed(p, offset);
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let revoked = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = revoked {
+                    error!(%error, "cannot give the revoked partitions up");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let error = rdkafka::error::KafkaError::Rebalance(other.into());
+                self.post_rebalance(consumer, &Rebalance::Error(error));
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             return;
@@ -149,6 +214,7 @@ impl ConsumerContext for IngestContext {
             );
             self.commit(consumer, &partitions);
             self.retry.commit(&partitions);
+            self.mark_unconfirmed(&partitions);
         }
         self.retry.revoke(&partitions);
         for p in &partitions {
@@ -171,9 +237,6 @@ impl ConsumerContext for IngestContext {
             Rebalance::Assign(list) => {
                 let partitions = self.partitions_of(list);
                 info!(?partitions, "partitions assigned");
-                // The retry partitions first: their parked-key index must be in place before
-                // the first input record of the partition is delivered.
-                self.retry.assign(&partitions);
                 self.progress.lock().assign(partitions);
                 if self.paused.load(Ordering::SeqCst) {
                     if let Err(error) = consumer.pause(list) {
@@ -193,6 +256,80 @@ impl ConsumerContext for IngestContext {
 }
 
 impl IngestContext {
+    /// The group's committed offset of each of `partitions` (`None`: none, or unreadable).
+    fn group_committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> Vec<(i32, Option<i64>)> {
+        let mut wanted = TopicPartitionList::new();
+        for &p in partitions {
+            let _ = wanted.add_partition_offset(&self.topic, p, Offset::Invalid);
+        }
+        let committed = consumer
+            .committed_offsets(wanted, Duration::from_secs(10))
+            .map_err(|error| warn!(%error, "cannot read the group's committed offsets"))
+            .ok();
+        partitions
+            .iter()
+            .map(|&p| {
+                let offset = committed
+                    .as_ref()
+                    .and_then(|c| c.find_partition(&self.topic, p))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                (p, offset)
+            })
+            .collect()
+    }
+
+    /// Sets the start offset of each newly assigned partition whose marker still applies.
+    fn resume_at_markers(
+        &self,
+        tpl: &mut TopicPartitionList,
+        committed: &[(i32, Option<i64>)],
+        markers: &[WatermarkMarker],
+    ) {
+        for m in markers {
+            let Some(&(_, now)) = committed.iter().find(|(p, _)| *p == m.partition) else {
+                continue;
+            };
+            if let Some(at) = m.resume_at(&self.topic, now) {
+                if tpl
+                    .set_partition_offset(&self.topic, m.partition, Offset::Offset(at))
+                    .is_ok()
+                {
+                    info!(
+                        partition = m.partition,
+                        committed = now,
+                        resume_at = at,
+                        "starting at the last owner's watermark (its last commit was refused)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Partitions going whose watermark the broker did not confirm: a marker for their next
+    /// owner (see [`crate::park::marker`]).
+    fn mark_unconfirmed(&self, partitions: &[i32]) {
+        let markers: Vec<WatermarkMarker> = {
+            let tracker = self.progress.lock();
+            partitions
+                .iter()
+                .filter_map(|&p| {
+                    let watermark = tracker.watermark(p)?;
+                    let confirmed = tracker.confirmed(p);
+                    (confirmed != Some(watermark))
+                        .then(|| WatermarkMarker::new(&self.topic, p, watermark, confirmed))
+                })
+                .collect()
+        };
+        self.retry.mark(&markers);
+    }
+
     fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
         list.elements()
             .iter()
@@ -345,6 +482,7 @@ impl Ingest {
         abandon.cancel();
         self.consumer.context().commit(&self.consumer, &assigned);
         self.retry.commit(&retry_assigned);
+        self.consumer.context().mark_unconfirmed(&assigned);
         self.consumer.unsubscribe();
         // Dropping the consumer closes it: it leaves the group at once.
     }

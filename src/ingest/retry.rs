@@ -17,14 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
+use crate::deadletter::Producers;
 use crate::park::keys::ParkedKeys;
+use crate::park::marker::{WatermarkMarker, MARKER_HEADER, MARKER_KEY, WATERMARK};
 use crate::park::{Parked, Parking};
 use crate::telemetry::Metrics;
 use crate::work::{Progress, Work};
@@ -38,6 +40,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parked records taken per turn of the consumer loop.
 const BATCH: usize = 512;
+
+/// Longest wait for the watermark markers' acknowledgements at revoke or shutdown.
+const MARK_PATIENCE: Duration = Duration::from_secs(5);
+
+fn is_marker(message: &impl Message) -> bool {
+    message.headers().is_some_and(|headers| {
+        headers
+            .iter()
+            .any(|h| h.key == MARKER_HEADER && h.value == Some(WATERMARK.as_bytes()))
+    })
+}
 
 /// The dispatcher closed its channel: the process is stopping.
 #[derive(Debug)]
@@ -80,6 +93,9 @@ pub struct RetryReader {
     max_in_memory: usize,
     paused: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Writes watermark markers (from the consumer thread, on this runtime).
+    producers: Producers,
+    runtime: tokio::runtime::Handle,
 }
 
 impl RetryReader {
@@ -88,6 +104,7 @@ impl RetryReader {
         progress: Arc<Progress>,
         parking: Arc<Parking>,
         metrics: Arc<Metrics>,
+        producers: Producers,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let kafka = &settings.kafka;
         let defaults = [
@@ -119,6 +136,8 @@ impl RetryReader {
             max_in_memory: settings.delivery.max_parked_in_memory,
             paused: AtomicBool::new(false),
             metrics,
+            producers,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -131,13 +150,14 @@ impl RetryReader {
     }
 
     /// Input partitions were assigned: scan their retry partitions, install their indexes,
-    /// and start reading them from their committed positions.
-    pub fn assign(&self, partitions: &[i32]) {
+    /// and start reading them from their committed positions. Returns the latest watermark
+    /// marker found on each (see [`crate::park::marker`]).
+    pub fn assign(&self, partitions: &[i32]) -> Vec<WatermarkMarker> {
         if partitions.is_empty() {
-            return;
+            return Vec::new();
         }
         let starts = self.committed(partitions);
-        let indexes = self.scan(&starts);
+        let (indexes, markers) = self.scan(&starts);
         for (p, keys) in indexes {
             self.parking.install(p, keys);
         }
@@ -148,6 +168,51 @@ impl RetryReader {
         }
         if self.paused.load(Ordering::SeqCst) {
             let _ = self.consumer.pause(&list);
+        }
+        markers
+    }
+
+    /// Writes a watermark marker on each partition's retry partition (its next owner's scan
+    /// reads it); waits for the acknowledgements, at most a few seconds. Blocking.
+    pub fn mark(&self, markers: &[WatermarkMarker]) {
+        if markers.is_empty() {
+            return;
+        }
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let writes = markers.iter().map(|marker| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: MARKER_HEADER,
+                value: Some(WATERMARK),
+            });
+            let value = marker.encode();
+            let (producers, cancel) = (&self.producers, &cancel);
+            async move {
+                let written = producers
+                    .park(marker.partition, MARKER_KEY, &value, headers, cancel)
+                    .await;
+                (marker, written)
+            }
+        });
+        let all = futures::future::join_all(writes);
+        let done = self
+            .runtime
+            .block_on(async { tokio::time::timeout(MARK_PATIENCE, all).await });
+        cancel.cancel();
+        match done {
+            Ok(results) => {
+                for (marker, written) in results {
+                    match written {
+                        Ok(offset) => info!(
+                            partition = marker.partition,
+                            watermark = marker.watermark,
+                            retry_offset = offset,
+                            "offset commit not confirmed: watermark marked for the next owner"
+                        ),
+                        Err(error) => warn!(partition = marker.partition, %error, "cannot write the watermark marker; the next owner starts at the committed offset (duplicates)"),
+                    }
+                }
+            }
+            Err(_) => warn!("watermark markers not acknowledged in time; the next owners start at the committed offsets (duplicates)"),
         }
     }
 
@@ -179,8 +244,9 @@ impl RetryReader {
     }
 
     /// Reads each partition from `starts` to its current end: the parked events not done.
-    fn scan(&self, starts: &[(i32, Offset)]) -> Vec<(i32, ParkedKeys)> {
+    fn scan(&self, starts: &[(i32, Offset)]) -> (Vec<(i32, ParkedKeys)>, Vec<WatermarkMarker>) {
         let mut indexes: Vec<(i32, ParkedKeys)> = Vec::new();
+        let mut markers: Vec<WatermarkMarker> = Vec::new();
         let mut ends: Vec<(i32, i64)> = Vec::new();
         for &(p, start) in starts {
             indexes.push((p, ParkedKeys::default()));
@@ -208,7 +274,7 @@ impl RetryReader {
             }
         }
         if ends.is_empty() {
-            return indexes;
+            return (indexes, markers);
         }
         let list = self.list(
             &starts
@@ -219,7 +285,7 @@ impl RetryReader {
         );
         if let Err(error) = self.scanner.assign(&list) {
             error!(%error, "cannot scan the retry partitions; delivering without their index");
-            return indexes;
+            return (indexes, markers);
         }
         let started = Instant::now();
         let mut records = 0usize;
@@ -230,7 +296,12 @@ impl RetryReader {
             let Ok(message) = message else { continue };
             let (p, offset) = (message.partition(), message.offset());
             records += 1;
-            if let (Some(key), Some(payload)) = (message.key(), message.payload()) {
+            if is_marker(&message) {
+                if let Some(marker) = message.payload().and_then(WatermarkMarker::decode) {
+                    markers.retain(|m| m.partition != marker.partition);
+                    markers.push(marker);
+                }
+            } else if let (Some(key), Some(payload)) = (message.key(), message.payload()) {
                 if let Ok(parked) = Parked::decode(payload) {
                     if let Some((_, keys)) = indexes.iter_mut().find(|(q, _)| *q == p) {
                         keys.parked(
@@ -258,7 +329,7 @@ impl RetryReader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "retry partitions scanned"
         );
-        indexes
+        (indexes, markers)
     }
 
     /// The partitions are about to go: stop reading them, tell their work to park what waits.
@@ -356,6 +427,10 @@ impl RetryReader {
     fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
         let (partition, offset) = (message.partition(), message.offset());
         let ticket = self.progress.lock().take(partition, offset)?;
+        if is_marker(message) {
+            self.progress.complete(&ticket);
+            return None;
+        }
         let parked = message
             .payload()
             .ok_or_else(|| "no value".to_owned())

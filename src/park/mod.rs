@@ -20,9 +20,12 @@
 //! - [`keys`]: which keys of a partition have parked events, and what that means for the next
 //!   event of such a key (park behind, hold in memory, or attempt);
 //! - [`state`]: the indexes of the owned partitions and the followers held behind their key's
-//!   head, under one lock.
+//!   head, under one lock;
+//! - [`marker`]: the input watermark a partition's last owner finished, when the broker refused
+//!   its last commit (read by the next owner's scan).
 
 pub mod keys;
+pub mod marker;
 pub mod record;
 pub mod state;
 

@@ -159,6 +159,11 @@ impl OffsetTracker {
         }
     }
 
+    /// The last watermark the broker confirmed as committed for `partition`.
+    pub fn confirmed(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition)?.committed
+    }
+
     /// Records taken and not done, in one partition.
     pub fn pending_in(&self, partition: i32) -> usize {
         self.partitions

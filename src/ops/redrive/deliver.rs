@@ -11,7 +11,7 @@
 //!   an organization without an endpoint now is written back as `endpoint_not_configured`;
 //! - after `stop`, no attempt starts; an event not attempted yet stays as it was.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterReason, Producers};
-use crate::delivery::{Attempt, Decision, Deliverer, GiveUpReason, Permits, Priority, Target};
+use crate::delivery::{
+    Attempt, Decision, Deliverer, GiveUpReason, KeyQueues, Permits, Priority, Target,
+};
 use crate::webhook::{EventType, WebhookEvent};
 
 use super::scan::{parse_time, Marker};
@@ -190,7 +192,7 @@ pub struct Redriver {
     stop: CancellationToken,
     /// Writes (markers, write-backs) are abandoned once cancelled.
     abort: CancellationToken,
-    keys: Mutex<HashMap<String, VecDeque<(Job, OwnedSemaphorePermit)>>>,
+    keys: Mutex<KeyQueues<String, (Job, OwnedSemaphorePermit)>>,
     tasks: TaskTracker,
     tally: Mutex<Tally>,
     on_done: Box<dyn Fn(&Tally) + Send + Sync>,
@@ -224,7 +226,7 @@ impl Redriver {
             retries,
             stop,
             abort,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyQueues::default()),
             tasks: TaskTracker::new(),
             tally: Mutex::new(Tally::default()),
             on_done,
@@ -241,12 +243,11 @@ impl Redriver {
 
     /// Queues a job behind the earlier ones of its key; `permit` is released when it ends.
     pub fn submit(self: &Arc<Self>, job: Job, permit: OwnedSemaphorePermit) {
+        let key = job.key.clone();
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(queue) = keys.get_mut(&job.key) {
-            queue.push_back((job, permit));
+        let Some((job, permit)) = keys.submit(&key, (job, permit)) else {
             return;
-        }
-        keys.insert(job.key.clone(), VecDeque::new());
+        };
         drop(keys);
         let this = self.clone();
         self.tasks
@@ -278,12 +279,9 @@ impl Redriver {
             }
             drop(permit);
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            match keys.get_mut(&job.key).and_then(VecDeque::pop_front) {
+            match keys.next(&job.key) {
                 Some(next) => (job, permit) = next,
-                None => {
-                    keys.remove(&job.key);
-                    return;
-                }
+                None => return,
             }
         }
     }
@@ -343,12 +341,9 @@ impl Redriver {
                     }
                 }
                 Decision::GiveUp(reason) => {
-                    let reason = match reason {
-                        GiveUpReason::Exhausted => DeadLetterReason::Exhausted,
-                        GiveUpReason::PermanentStatus => DeadLetterReason::PermanentStatus,
-                        GiveUpReason::AddressRefused => DeadLetterReason::AddressRefused,
-                    };
-                    return self.write_back(job, Some(lane), reason, &attempts).await;
+                    return self
+                        .write_back(job, Some(lane), reason.into(), &attempts)
+                        .await;
                 }
             }
         }
