@@ -264,7 +264,7 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
             .count_or("max_in_flight_requests", d.max_in_flight_requests)?,
         max_pending_records,
         max_pending_per_organization,
-        max_parked_in_memory: node.count_or("max_parked_in_memory", d.max_parked_in_memory)?,
+        max_parked_in_memory: max_parked_in_memory(node, d.max_parked_in_memory)?,
         drain_timeout: node
             .duration("drain_timeout", false)?
             .unwrap_or(d.drain_timeout),
@@ -276,6 +276,29 @@ fn delivery(node: &Node<'_>) -> Result<DeliverySettings, ConfigError> {
         user_agent,
     })
 }
+
+/// `max_parked_in_memory`: at least [`MIN_PARKED_IN_MEMORY`]. The retry reader reads parked
+/// events in log order and holds them until due; with a tiny window, one event waiting minutes
+/// for its next retry would hold back everyone's due retries behind it in the log, and those
+/// would start late and lose retries to the budget.
+fn max_parked_in_memory(node: &Node<'_>, default: usize) -> Result<usize, ConfigError> {
+    const KEY: &str = "max_parked_in_memory";
+    let value = node.count_or(KEY, default)?;
+    if value < MIN_PARKED_IN_MEMORY {
+        return Err(invalid(
+            &node.key_path(KEY),
+            format!(
+                "{value} is below {MIN_PARKED_IN_MEMORY}: events waiting for a late retry would \
+                 hold back the due retries behind them on the retry topic"
+            ),
+            &format!("{KEY} = {default}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The smallest retry-reader window accepted.
+const MIN_PARKED_IN_MEMORY: usize = 100;
 
 /// `max_pending_per_organization`: at most `max_pending_records`, where one organization's lane
 /// could otherwise hold every pending record and pause the partitions for everyone. Unset, it is

@@ -49,6 +49,8 @@ fn rows() -> Vec<(String, &'static str, &'static str)> {
         (with("[delivery]\nmax_response_body_bytes = \"64k\""), "delivery.max_response_body_bytes", "expected an integer"),
         (with("[delivery]\nmax_pending_records = 0"), "delivery.max_pending_records", "at least 1"),
         (with("[delivery]\nmax_pending_per_organization = 0"), "delivery.max_pending_per_organization", "at least 1"),
+        (with("[delivery]\nmax_parked_in_memory = 10"), "delivery.max_parked_in_memory", "10 is below 100"),
+        (kafka("brokers = \"k:1\"\nretry_topic = \"consent.changes\""), "kafka.retry_topic", "is also kafka.input_topic"),
         (with("[delivery]\nuser_agent = \"bad\\nagent\""), "delivery.user_agent", "not a valid HTTP header value"),
         (with("[delivery.retry]\nschedule = []"), "delivery.retry.schedule", "at least one retry"),
         (with("[delivery.retry]\nschedule = [\"20s\", \"5s\"]"), "delivery.retry.schedule", "strictly increasing"),
