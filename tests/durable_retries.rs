@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,49 @@ async fn wait_delivered(receiver: &Receiver, want: &HashSet<String>, deadline: D
             want.iter().all(|id| got.contains_key(id))
         })
         .await;
+}
+
+/// `changes` changes of each of `users` users of `organization`, change by change: one key per
+/// user, whose events must arrive in this order.
+fn keyed_changes(organization: &str, users: usize, changes: usize) -> Vec<(String, Vec<u8>)> {
+    let mut input = Vec::new();
+    for c in 0..changes {
+        for u in 0..users {
+            input.push(records::user_created(
+                &format!("chg-{u}-{c}"),
+                organization,
+                &format!("user-{u}"),
+            ));
+        }
+    }
+    input
+}
+
+/// Each user's events (from [`keyed_changes`]) were first delivered in source order.
+fn assert_key_order(received: &[Received], input: &[(String, Vec<u8>)], users: usize) {
+    let first_delivery: Vec<String> = {
+        let mut seen = HashSet::new();
+        received
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(Received::event_id)
+            .filter(|id| seen.insert(id.clone()))
+            .collect()
+    };
+    for u in 0..users {
+        let expected: Vec<String> = input
+            .iter()
+            .skip(u)
+            .step_by(users)
+            .map(|(_, v)| records::event_of(v).id)
+            .collect();
+        let got: Vec<String> = first_delivery
+            .iter()
+            .filter(|id| expected.contains(id))
+            .cloned()
+            .collect();
+        assert_eq!(got, expected, "user-{u}'s events in source order");
+    }
 }
 
 /// Attempt start times of a dead letter.
@@ -192,16 +235,7 @@ async fn an_endpoint_down_then_back_gets_everything_in_order() {
     let _service = Service::start(&config, &[]);
 
     // Several changes per user: one key each, delivered in this order.
-    let mut input = Vec::new();
-    for c in 0..CHANGES {
-        for u in 0..USERS {
-            input.push(records::user_created(
-                &format!("chg-{u}-{c}"),
-                "flaky",
-                &format!("user-{u}"),
-            ));
-        }
-    }
+    let input = keyed_changes("flaky", USERS, CHANGES);
     kafka::produce(&topics.input, &input).await;
     // Down until every key's head has failed twice.
     flaky
@@ -221,26 +255,7 @@ async fn an_endpoint_down_then_back_gets_everything_in_order() {
         counts.values().all(|&n| n == 1),
         "each event delivered once: {counts:?}"
     );
-    let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in received.iter().filter(|r| r.status == 200) {
-        let body = r.json();
-        let user = body["parameters"]["entity"]["id"]
-            .as_str()
-            .or(body["parameters"]["new_entity"]["id"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        order.entry(user).or_default().push(r.event_id());
-    }
-    for u in 0..USERS {
-        let expected: Vec<String> = (0..CHANGES)
-            .map(|c| records::event_of(&input[c * USERS + u].1).id)
-            .collect();
-        let got = order
-            .values()
-            .find(|ids| ids.contains(&expected[0]))
-            .unwrap_or_else(|| panic!("user-{u} delivered nothing: {order:?}"));
-        assert_eq!(got, &expected, "user-{u}'s events in source order");
-    }
+    assert_key_order(&received, &input, USERS);
     assert_eq!(
         records::record_count(&topics.dead_letter).await,
         0,
@@ -248,22 +263,26 @@ async fn an_endpoint_down_then_back_gets_everything_in_order() {
     );
 }
 
-/// SIGKILL while events are parked: the source records are committed (parked = done), and a
-/// new process picks the parked events up from the retry topic and delivers every one.
+/// SIGKILL while events are parked (each key's first event waiting for a retry, its later ones
+/// parked behind it): the source records are committed (parked = done), and a new process picks
+/// the parked events up from the retry topic and delivers every one, in order per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_events_are_parked_loses_nothing() {
-    const N: usize = 30;
+    const USERS: usize = 10;
+    const CHANGES: usize = 3;
+    const N: usize = USERS * CHANGES;
     let retry = r#"retry = { schedule = ["500ms", "1s", "20s", "25s", "30s"], max_jitter = "0s", budget = "40s", allow_below_minimum = true }"#;
     let topics = Topics::create(2).await;
     let down = Receiver::start(503).await;
     let config = topics.config_with(SESSION, "") + &organization("down", &down.url, retry);
     let mut first = Service::start(&config, &[]);
-    let input = records::users_created("down", N);
+    let input = keyed_changes("down", USERS, CHANGES);
     kafka::produce(&topics.input, &input).await;
 
-    // Every event failed twice and waits for its third attempt, 20 s after its first: parked.
-    down.wait_until(Duration::from_secs(30), "two attempts per event", |r| {
-        r.len() >= 2 * N
+    // Every key's first event failed twice and waits for its third attempt, 20 s after its
+    // first; the others are parked behind them.
+    down.wait_until(Duration::from_secs(30), "two attempts per key", |r| {
+        r.len() >= 2 * USERS
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -289,6 +308,7 @@ async fn sigkill_while_events_are_parked_loses_nothing() {
     let _second = Service::start(&config, &[]);
     let want = ids(&input);
     wait_delivered(&down, &want, Duration::from_secs(90)).await;
+    assert_key_order(&down.received(), &input, USERS);
     assert_eq!(
         records::record_count(&topics.dead_letter).await,
         0,
@@ -300,7 +320,8 @@ async fn sigkill_while_events_are_parked_loses_nothing() {
 /// one organization is down and four others take traffic: the parked events' schedules
 /// continue (every down event is dead-lettered with exactly its schedule's attempts, spread over
 /// no more than its budget), nothing is lost, and the healthy organizations' duplicates are
-/// counted and reported (goal: only requests in flight at a stop).
+/// counted and reported (goal: only requests in flight at a stop); their events keep their order
+/// per key across the partition moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
     const HEALTHY: usize = 4;
@@ -329,10 +350,12 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
         for (i, s) in sent.iter_mut().enumerate() {
             for j in 0..20 {
                 let n = round * 20 + j;
+                // Five users per organization: their events must keep their order across
+                // the partition moves.
                 let r = records::user_created(
                     &format!("chg-ok-{i}-{n}"),
                     &format!("ok-{i}"),
-                    &format!("user-{n}"),
+                    &format!("user-{}", n % 5),
                 );
                 s.push(r.clone());
                 batch.push(r);
@@ -402,6 +425,7 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
         let want = ids(&sent[i]);
         wait_delivered(receiver, &want, Duration::from_secs(60)).await;
         let counts = delivered_counts(&receiver.received());
+        assert_key_order(&receiver.received(), &sent[i], 5);
         total += want.len();
         duplicates += counts.values().map(|n| n - 1).sum::<usize>();
     }
