@@ -40,16 +40,11 @@ use crate::deadletter::{
 };
 use crate::delivery::{Attempt, Decision, Deliverer, KeyQueues, Priority, Target, TokenSource};
 use crate::delivery::{Permit, Permits};
-use crate::park::{ParkReason, Parked, Parking, Read, Turn};
+use crate::park::record::DONE_HEADER;
+use crate::park::{Fetcher, ParkReason, Parked, ParkedHead, Parking, Read, Turn};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
 use crate::work::{Progress, Ticket, Work};
-
-/// Headers of a parked record, so that a reader can tell what it holds without its body.
-pub const PARKED_ORGANIZATION_HEADER: &str = "consent-webhooks-organization";
-pub const PARKED_EVENT_ID_HEADER: &str = "webhook-id";
-pub const PARKED_DUE_HEADER: &str = "consent-webhooks-due";
-pub const PARKED_REASON_HEADER: &str = "consent-webhooks-park-reason";
 
 /// How an event's turn here ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +53,15 @@ pub enum Outcome {
     DeadLettered(DeadLetterReason),
     /// Written to the retry topic (acknowledged): continued from there.
     Parked(ParkReason),
-    /// Nothing to do: no endpoint, filtered out, already parked, or a superseded record.
+    /// Nothing to do: no endpoint, filtered out, or already parked.
     Skipped,
+    /// A parked record made obsolete by a later record of the same event.
+    Superseded,
     /// Cancelled by a revoke or shutdown: not done, consumed again later.
     Abandoned,
+    /// A parked event let go while its partition leaves: not done, read again by the next
+    /// owner, not waited for.
+    Released,
 }
 
 /// What the dispatcher shares with the rest of the pipeline.
@@ -72,6 +72,8 @@ pub struct Parts {
     /// Parked records read back and not done.
     pub retry_progress: Arc<Progress>,
     pub parking: Arc<Parking>,
+    /// Reads parked records again, for events held without their body.
+    pub fetcher: Arc<Fetcher>,
     /// Cancelled at shutdown (what is parked then says `shutdown`, not `revoked`).
     pub stop: CancellationToken,
     pub tasks: TaskTracker,
@@ -249,21 +251,26 @@ impl Dispatcher {
             Work::Parked {
                 ticket,
                 key,
+                head,
                 parked,
-            } => self.unpark(ticket, key, *parked),
+            } => self.unpark(ticket, key, head, parked),
         }
     }
 
     /// A parked record read back: skipped, held behind its key, parked again behind its key,
-    /// or attempted at its due time.
-    fn unpark(&self, ticket: Ticket, key: Vec<u8>, parked: Parked) {
+    /// or attempted at its due time. `parked` is `None` for an event due later: its body is
+    /// read again when it is due.
+    fn unpark(&self, ticket: Ticket, key: Vec<u8>, head: ParkedHead, parked: Option<Box<Parked>>) {
         let shared = &self.shared;
-        let (partition, source_offset) = (parked.source.partition, parked.source.offset);
-        let since_ms = parked.parked_at.timestamp_millis();
-        let read = shared
-            .cx
-            .parking
-            .read(partition, &key, source_offset, ticket.offset, since_ms);
+        let partition = ticket.partition;
+        let source_offset = head.source_offset;
+        let read = shared.cx.parking.read(
+            partition,
+            &key,
+            source_offset,
+            ticket.offset,
+            head.parked_at_ms,
+        );
         let turn = match read {
             Read::Obsolete => {
                 shared.cx.retry_progress.complete(&ticket);
@@ -272,6 +279,9 @@ impl Dispatcher {
             Read::ParkAgain => {
                 let shared = shared.clone();
                 shared.cx.tasks.clone().spawn(async move {
+                    let Some(parked) = body(&shared, &ticket, parked).await else {
+                        return;
+                    };
                     let outcome = park(&shared, &key, parked, ParkReason::BehindKey, &ticket).await;
                     if outcome != Outcome::Abandoned {
                         shared.cx.retry_progress.complete(&ticket);
@@ -282,41 +292,65 @@ impl Dispatcher {
             Read::Attempt => None,
             Read::Hold(turn) => Some(turn),
         };
-        let event = parked.webhook_event();
-        let lane = self.lane_for(&event);
+        let lane = self.lanes.get(&head.organization_id).cloned();
         if lane.is_some() {
             shared
                 .cx
                 .metrics
                 .unparks
-                .with_label_values(&[&event.organization_id])
+                .with_label_values(&[&head.organization_id])
+                .inc();
+        } else {
+            shared
+                .cx
+                .metrics
+                .events_skipped
+                .with_label_values(&["no_endpoint"])
                 .inc();
         }
         let shared = shared.clone();
         let span = tracing::info_span!(
             "retry",
-            organization_id = %event.organization_id,
-            event_id = %event.id,
+            organization_id = %head.organization_id,
             partition,
             offset = source_offset,
         );
         shared.cx.tasks.clone().spawn(
             async move {
+                let lead = if parked.is_some() {
+                    std::time::Duration::ZERO
+                } else {
+                    FETCH_LEAD
+                };
                 let outcome = match lane {
-                    // The organization's endpoint was removed, or filters it out now.
-                    None => {
-                        shared.cx.parking.done(partition, &key, source_offset);
-                        Outcome::Skipped
-                    }
-                    Some(lane) => retry(&lane, &shared, &key, &ticket, parked, turn).await,
+                    // The organization's endpoint was removed.
+                    None => Outcome::Skipped,
+                    // Waiting is small (thousands of events wait); the rest is boxed.
+                    Some(lane) => match wait_turn(&ticket, head.due_at, lead, turn).await {
+                        Waited::Due => {
+                            Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await
+                        }
+                        Waited::ParkAgain => {
+                            Box::pin(park_again(&shared, &key, &ticket, parked)).await
+                        }
+                        Waited::Leave => Outcome::Released,
+                        Waited::Gone => Outcome::Abandoned,
+                    },
                 };
                 match outcome {
                     Outcome::Abandoned => return,
-                    Outcome::Delivered | Outcome::DeadLettered(_) => {
-                        shared.cx.parking.done(partition, &key, source_offset);
+                    Outcome::Released => {
+                        shared.cx.retry_progress.release(&ticket);
+                        return;
                     }
-                    // Skipped here: superseded by a later record of the event, which goes on.
-                    Outcome::Skipped | Outcome::Parked(_) => {}
+                    // Superseded by a later record of the event, which goes on.
+                    Outcome::Superseded | Outcome::Parked(_) => {}
+                    Outcome::Delivered | Outcome::DeadLettered(_) | Outcome::Skipped => {
+                        shared.cx.parking.done(partition, &key, source_offset);
+                        // The next owner's scan must know: without this record, a restart
+                        // would attempt the event again.
+                        mark_done(&shared, partition, &key, source_offset, &ticket).await;
+                    }
                 }
                 shared.cx.retry_progress.complete(&ticket);
             }
@@ -468,42 +502,106 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
     }
 }
 
-/// A parked event read back: waits for its turn (when held) and its due time, then one more
-/// attempt; parked again when it may be retried once more.
+/// How long before its due time the body of an event held without it is read again.
+const FETCH_LEAD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a parked event's wait ended.
+enum Waited {
+    /// Its due time (minus the lead) came, and its turn if it was held.
+    Due,
+    /// Its key's head was parked again: park it again after it.
+    ParkAgain,
+    /// Its partition leaves.
+    Leave,
+    /// Its partition is gone.
+    Gone,
+}
+
+/// Waits for a parked event's turn (when held behind its key) and for its due time less
+/// `lead`. Small on purpose: every event waiting for a retry holds one.
+async fn wait_turn(
+    ticket: &Ticket,
+    due_at: chrono::DateTime<Utc>,
+    lead: std::time::Duration,
+    turn: Option<oneshot::Receiver<Turn>>,
+) -> Waited {
+    if let Some(turn) = turn {
+        tokio::select! {
+            turn = turn => match turn {
+                Ok(Turn::Attempt) => {}
+                Ok(Turn::ParkAgain) => return Waited::ParkAgain,
+                Err(_) => return Waited::Gone,
+            },
+            _ = ticket.leave.cancelled() => return Waited::Leave,
+        }
+    }
+    let wait = (due_at - Utc::now())
+        .to_std()
+        .unwrap_or_default()
+        .saturating_sub(lead);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Waited::Due,
+        _ = ticket.leave.cancelled() => Waited::Leave,
+    }
+}
+
+/// A held event whose key's head was parked again: parked again after it.
+async fn park_again(
+    shared: &Shared,
+    key: &[u8],
+    ticket: &Ticket,
+    parked: Option<Box<Parked>>,
+) -> Outcome {
+    match body(shared, ticket, parked).await {
+        Some(parked) => park(shared, key, parked, ParkReason::BehindKey, ticket).await,
+        None => Outcome::Abandoned,
+    }
+}
+
+/// A parked event at its due time (its body read again if it waited without it): one more
+/// attempt; parked again when it may be retried once more. Leaving (revoke, shutdown) before
+/// the attempt releases it: the next owner reads its record again, and its scan knows which
+/// events are done.
 async fn retry(
     lane: &Lane,
     shared: &Shared,
     key: &[u8],
     ticket: &Ticket,
-    mut parked: Parked,
-    turn: Option<oneshot::Receiver<Turn>>,
+    head: &ParkedHead,
+    parked: Option<Box<Parked>>,
 ) -> Outcome {
     let parking = &shared.cx.parking;
-    let (partition, source_offset) = (parked.source.partition, parked.source.offset);
-    if let Some(turn) = turn {
-        tokio::select! {
-            turn = turn => match turn {
-                Ok(Turn::Attempt) => {}
-                Ok(Turn::ParkAgain) => return park(shared, key, parked, ParkReason::BehindKey, ticket).await,
-                // The partition was revoked meanwhile.
-                Err(_) => return Outcome::Abandoned,
-            },
-            _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
-        }
+    let partition = ticket.partition;
+    if !parking.is_current(partition, key, head.source_offset, ticket.offset) {
+        return Outcome::Superseded;
     }
-    let wait = (parked.due_at - Utc::now()).to_std().unwrap_or_default();
+    let Some(mut parked) = body(shared, ticket, parked).await else {
+        return Outcome::Abandoned;
+    };
+    let until_due = (head.due_at - Utc::now()).to_std().unwrap_or_default();
     tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
+        _ = tokio::time::sleep(until_due) => {}
+        _ = ticket.leave.cancelled() => return Outcome::Released,
     }
-    if !parking.is_current(partition, key, source_offset, ticket.offset) {
+    let event = parked.webhook_event();
+    if !lane
+        .target
+        .endpoint
+        .settings
+        .accepts(event.event_type, &event.regulation)
+    {
+        shared
+            .cx
+            .metrics
+            .events_skipped
+            .with_label_values(&["filtered"])
+            .inc();
         return Outcome::Skipped;
     }
     let permits = tokio::select! {
         permits = lane.target.permits(&shared.global, Priority::Retry) => permits.1,
-        _ = ticket.leave.cancelled() => return park(shared, key, parked, leaving(shared), ticket).await,
+        _ = ticket.leave.cancelled() => return Outcome::Released,
     };
-    let event = parked.webhook_event();
     let attempt = tokio::select! {
         attempt = attempt(lane, shared, &event, permits) => attempt,
         _ = ticket.cancel.cancelled() => return Outcome::Abandoned,
@@ -546,6 +644,62 @@ async fn retry(
     }
 }
 
+/// The parked record: as read, or read again by offset (a few tries, then `None`: abandoned,
+/// read again by the partition's next reading).
+async fn body(shared: &Shared, ticket: &Ticket, parked: Option<Box<Parked>>) -> Option<Parked> {
+    if let Some(parked) = parked {
+        return Some(*parked);
+    }
+    for _ in 0..3 {
+        if ticket.cancel.is_cancelled() {
+            return None;
+        }
+        if let Some(parked) = shared
+            .cx
+            .fetcher
+            .fetch(ticket.partition, ticket.offset)
+            .await
+        {
+            return Some(parked);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = ticket.cancel.cancelled() => return None,
+        }
+    }
+    warn!(
+        partition = ticket.partition,
+        retry_offset = ticket.offset,
+        "cannot read the parked event again; it is read again after the next rebalance or restart"
+    );
+    None
+}
+
+/// Writes the *done* record of a parked event (acknowledged, or given up when cancelled).
+async fn mark_done(
+    shared: &Shared,
+    partition: i32,
+    key: &[u8],
+    source_offset: i64,
+    ticket: &Ticket,
+) {
+    let offset = source_offset.to_string();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: DONE_HEADER,
+        value: Some(offset.as_str()),
+    });
+    let written = Box::pin(
+        shared
+            .cx
+            .producers
+            .park(partition, key, &[], headers, &ticket.cancel),
+    )
+    .await;
+    if let Err(error) = written {
+        debug!(%error, "done record not written; a restart may attempt the event once more");
+    }
+}
+
 fn delivered(shared: &Shared, event: &WebhookEvent, attempts: usize) {
     debug!(attempts, "delivered");
     let metrics = &shared.cx.metrics;
@@ -578,23 +732,14 @@ async fn park(
     ticket: &Ticket,
 ) -> Outcome {
     parked.reason = reason;
-    let due = parked.due_at.timestamp_millis().to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: PARKED_ORGANIZATION_HEADER,
-            value: Some(parked.organization_id.as_str()),
-        })
-        .insert(Header {
-            key: PARKED_EVENT_ID_HEADER,
-            value: Some(parked.event_id.as_str()),
-        })
-        .insert(Header {
-            key: PARKED_DUE_HEADER,
-            value: Some(due.as_str()),
-        })
-        .insert(Header {
-            key: PARKED_REASON_HEADER,
-            value: Some(reason.code()),
+    let headers = parked
+        .headers()
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_str()),
+            })
         });
     let partition = parked.source.partition;
     let written = Box::pin(shared.cx.producers.park(

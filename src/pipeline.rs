@@ -25,7 +25,7 @@ use crate::deadletter::Producers;
 use crate::delivery::{Deliverer, TokenSource};
 use crate::dispatch::{Dispatcher, Parts};
 use crate::ingest::{Ingest, IngestState, RetryReader};
-use crate::park::Parking;
+use crate::park::{Fetcher, Parking};
 use crate::telemetry::{health, Metrics};
 use crate::work::Progress;
 
@@ -76,6 +76,9 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
             progress,
             retry_progress,
             parking: parking.clone(),
+            fetcher: Arc::new(
+                Fetcher::start(&settings).context("creating the retry fetch consumer")?,
+            ),
             stop: stop.clone(),
             tasks: tasks.clone(),
             metrics: metrics.clone(),

@@ -327,7 +327,9 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
     const HEALTHY: usize = 4;
     const DOWN_EVENTS: usize = 24;
     const SCHEDULE: usize = 5;
-    let retry = r#"retry = { schedule = ["1s", "3s", "6s", "10s", "15s"], max_jitter = "0s", budget = "20s", allow_below_minimum = true }"#;
+    // Budget slack for a stop during a rebalance: a member closing while the group rebalances
+    // holds its partitions up to the session timeout (10 s here) before they move.
+    let retry = r#"retry = { schedule = ["1s", "4s", "8s", "14s", "22s"], max_jitter = "0s", budget = "40s", allow_below_minimum = true }"#;
     let topics = Topics::create(6).await;
     let down = Receiver::start(503).await;
     let mut healthy = Vec::new();
@@ -388,10 +390,23 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
     }
 
     let dead = kafka::consume(&topics.dead_letter, DOWN_EVENTS, Duration::from_secs(90)).await;
+    logs.extend(services.iter().map(Service::logs));
+    let digest: Vec<&str> = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| {
+            [
+                "revoked", "assigned", "scanned", "stopping", "lost", "commit", "marker",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .collect();
+    let digest = digest.join("\n");
     assert_eq!(
         dead.len(),
         DOWN_EVENTS,
-        "every down event dead-lettered once"
+        "every down event dead-lettered once\n{digest}"
     );
     for record in &dead {
         let value = records::json_value(record);
@@ -400,11 +415,11 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
         assert_eq!(
             times.len(),
             1 + SCHEDULE,
-            "the schedule continued across the restarts, never restarted: {value}"
+            "the schedule continued across the restarts, never restarted: {value}\n{digest}"
         );
         let span = times[SCHEDULE] - times[0];
         assert!(
-            span <= chrono::Duration::milliseconds(20_000 + 2_000),
+            span <= chrono::Duration::milliseconds(40_000 + 2_000),
             "the last retry within the budget of the first attempt ({span}): {value}"
         );
     }
@@ -434,24 +449,11 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
          down endpoint saw {} requests for {DOWN_EVENTS} events",
         down.received().len()
     );
-    logs.extend(services.iter().map(Service::logs));
-    let digest: Vec<&str> = logs
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| {
-            [
-                "revoked", "assigned", "scanned", "stopping", "lost", "commit",
-            ]
-            .iter()
-            .any(|w| l.contains(w))
-        })
-        .collect();
     // Only the requests in flight at a stop may be sent twice (the healthy endpoints answer at
     // once: a handful at most). Before the watermark markers, commits the broker refused during
     // the cooperative rebalances cost about 5 % of the healthy events here.
     assert!(
         duplicates <= 10,
-        "healthy duplicates: {duplicates} of {total}\n{}",
-        digest.join("\n")
+        "healthy duplicates: {duplicates} of {total}\n{digest}"
     );
 }

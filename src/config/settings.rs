@@ -68,9 +68,10 @@ pub struct DeliverySettings {
     /// past it, and while the organization's endpoint is failing, new events are parked on the
     /// retry topic (reason `lane_full`) instead of waiting in memory.
     pub max_pending_per_organization: usize,
-    /// Parked events read back from the retry topic and held in memory (waiting for their due
-    /// time, behind an earlier event of their key, or in flight), across all partitions; past
-    /// it, reading the retry topic pauses.
+    /// Parked events read back from the retry topic and tracked by the reader (waiting for
+    /// their due time, behind an earlier event of their key, or in flight), across all
+    /// partitions; past it, reading the retry topic pauses. An event due more than 10 s ahead
+    /// is tracked by its headers only (its body is read again when it falls due).
     pub max_parked_in_memory: usize,
     /// On shutdown or revoke: how long in-flight work may take before it is abandoned
     /// (uncommitted, so redelivered after restart).
@@ -150,7 +151,7 @@ impl Default for DeliverySettings {
             max_in_flight_requests: 512,
             max_pending_records: 20_000,
             max_pending_per_organization: 10_000,
-            max_parked_in_memory: 10_000,
+            max_parked_in_memory: 50_000,
             drain_timeout: Duration::from_secs(15),
             user_agent: concat!("consent-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
         }

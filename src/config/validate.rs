@@ -77,7 +77,7 @@ pub(super) const DELIVERY_KEYS: Keys = &[
         "max_pending_per_organization",
         "max_pending_per_organization = 10000",
     ),
-    ("max_parked_in_memory", "max_parked_in_memory = 10000"),
+    ("max_parked_in_memory", "max_parked_in_memory = 50000"),
     ("drain_timeout", r#"drain_timeout = "15s""#),
     ("user_agent", r#"user_agent = "consent-webhooks/1.0""#),
     (

@@ -200,12 +200,12 @@ impl ConsumerContext for IngestContext {
             let deadline = Instant::now() + grace;
             let input_done = self
                 .progress
-                .wait_until(grace, |t| partitions.iter().all(|&p| t.pending_in(p) == 0));
+                .wait_until(grace, |t| partitions.iter().all(|&p| t.busy_in(p) == 0));
             let retry_done = self
                 .retry
                 .progress
                 .wait_until(deadline.saturating_duration_since(Instant::now()), |t| {
-                    partitions.iter().all(|&p| t.pending_in(p) == 0)
+                    partitions.iter().all(|&p| t.busy_in(p) == 0)
                 });
             info!(
                 ?partitions,
@@ -470,14 +470,14 @@ impl Ingest {
         let deadline = Instant::now() + self.drain_timeout;
         let drained = self
             .progress
-            .wait_until(self.drain_timeout, |t| t.pending() == 0)
+            .wait_until(self.drain_timeout, |t| t.busy() == 0)
             && self
                 .retry
                 .progress
                 .wait_until(deadline.saturating_duration_since(Instant::now()), |t| {
-                    t.pending() == 0
+                    t.busy() == 0
                 });
-        let left = self.progress.lock().pending() + self.retry.progress.lock().pending();
+        let left = self.progress.lock().busy() + self.retry.progress.lock().busy();
         info!(drained, left, "stopping: committing what is done");
         abandon.cancel();
         self.consumer.context().commit(&self.consumer, &assigned);

@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::deadletter::Producers;
 use crate::park::keys::ParkedKeys;
 use crate::park::marker::{WatermarkMarker, MARKER_HEADER, MARKER_KEY, WATERMARK};
-use crate::park::{Parked, Parking};
+use crate::park::{Parked, Parking, RecordKind};
 use crate::telemetry::Metrics;
 use crate::work::{Progress, Work};
 
@@ -43,6 +43,16 @@ const BATCH: usize = 512;
 
 /// Longest wait for the watermark markers' acknowledgements at revoke or shutdown.
 const MARK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Parked events due later than this are held without their body.
+const HORIZON: chrono::Duration = chrono::Duration::seconds(10);
+
+fn kind_of(message: &impl Message) -> RecordKind {
+    match message.headers() {
+        Some(headers) => RecordKind::of(headers.iter().map(|h| (h.key, h.value))),
+        None => RecordKind::Other,
+    }
+}
 
 fn is_marker(message: &impl Message) -> bool {
     message.headers().is_some_and(|headers| {
@@ -301,16 +311,17 @@ impl RetryReader {
                     markers.retain(|m| m.partition != marker.partition);
                     markers.push(marker);
                 }
-            } else if let (Some(key), Some(payload)) = (message.key(), message.payload()) {
-                if let Ok(parked) = Parked::decode(payload) {
-                    if let Some((_, keys)) = indexes.iter_mut().find(|(q, _)| *q == p) {
-                        keys.parked(
-                            key,
-                            parked.source.offset,
-                            offset,
-                            parked.parked_at.timestamp_millis(),
-                        );
+            } else if let (Some(key), Some((_, keys))) =
+                (message.key(), indexes.iter_mut().find(|(q, _)| *q == p))
+            {
+                match kind_of(&message) {
+                    RecordKind::Parked(head) => {
+                        keys.parked(key, head.source_offset, offset, head.parked_at_ms);
                     }
+                    RecordKind::Done { source_offset } => {
+                        keys.done(key, source_offset);
+                    }
+                    RecordKind::Other => {}
                 }
             }
             ends.retain(|&(q, high)| !(q == p && offset + 1 >= high));
@@ -431,34 +442,47 @@ impl RetryReader {
             self.progress.complete(&ticket);
             return None;
         }
-        let parked = message
-            .payload()
-            .ok_or_else(|| "no value".to_owned())
-            .and_then(|p| Parked::decode(p).map_err(|e| e.to_string()));
-        match (parked, message.key()) {
-            (Ok(parked), Some(key)) if parked.source.partition == partition => Some(Work::Parked {
-                ticket,
-                key: key.to_vec(),
-                parked: Box::new(parked),
-            }),
-            (parked, _) => {
-                let why = match parked {
-                    Err(e) => e,
-                    Ok(p) if p.source.partition != partition => format!(
-                        "its source partition {} is not its retry partition",
-                        p.source.partition
-                    ),
-                    Ok(_) => "it has no key".to_owned(),
-                };
-                error!(
-                    partition,
-                    offset,
-                    "skipping a record of the retry topic that is not a parked event: {why}"
-                );
+        let problem = match (kind_of(message), message.key()) {
+            (RecordKind::Done { .. }, _) => {
                 self.progress.complete(&ticket);
-                None
+                return None;
             }
-        }
+            (RecordKind::Parked(head), Some(key)) => {
+                if head.due_at > chrono::Utc::now() + HORIZON {
+                    // Due later: wait with its headers only; the body is read again when due.
+                    return Some(Work::Parked {
+                        ticket,
+                        key: key.to_vec(),
+                        head,
+                        parked: None,
+                    });
+                }
+                match message.payload().map(Parked::decode) {
+                    Some(Ok(parked)) if parked.source.partition == partition => {
+                        return Some(Work::Parked {
+                            ticket,
+                            key: key.to_vec(),
+                            head,
+                            parked: Some(Box::new(parked)),
+                        });
+                    }
+                    Some(Ok(parked)) => format!(
+                        "its source partition {} is not its retry partition",
+                        parked.source.partition
+                    ),
+                    Some(Err(e)) => e.to_string(),
+                    None => "no value".to_owned(),
+                }
+            }
+            (RecordKind::Parked(_), None) => "it has no key".to_owned(),
+            (RecordKind::Other, _) => "its headers do not describe a parked event".to_owned(),
+        };
+        error!(
+            partition,
+            offset, "skipping a record of the retry topic that is not a parked event: {problem}"
+        );
+        self.progress.complete(&ticket);
+        None
     }
 
     /// Pauses reading past `max_parked_in_memory` records held, resumes below half of it.

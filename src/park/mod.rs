@@ -21,13 +21,17 @@
 //!   event of such a key (park behind, hold in memory, or attempt);
 //! - [`state`]: the indexes of the owned partitions and the followers held behind their key's
 //!   head, under one lock;
+//! - [`fetch`]: reads a parked record again by offset when an event held without its body
+//!   falls due;
 //! - [`marker`]: the input watermark a partition's last owner finished, when the broker refused
 //!   its last commit (read by the next owner's scan).
 
+pub mod fetch;
 pub mod keys;
 pub mod marker;
 pub mod record;
 pub mod state;
 
-pub use record::{ParkReason, Parked};
+pub use fetch::Fetcher;
+pub use record::{ParkReason, Parked, ParkedHead, RecordKind};
 pub use state::{Parking, Read, Turn};

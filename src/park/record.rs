@@ -14,6 +14,85 @@ use crate::webhook::{EventType, WebhookEvent};
 /// Version of the record layout; a reader refuses versions it does not know.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Headers of a parked record: what the retry reader needs to decide about it without its
+/// body (the body is read again only when the event is due).
+pub const ORGANIZATION_HEADER: &str = "consent-webhooks-organization";
+pub const EVENT_ID_HEADER: &str = "webhook-id";
+/// Due time, milliseconds since the epoch.
+pub const DUE_HEADER: &str = "consent-webhooks-due";
+pub const REASON_HEADER: &str = "consent-webhooks-park-reason";
+/// The event's source offset (its partition is the record's partition).
+pub const SOURCE_OFFSET_HEADER: &str = "consent-webhooks-source-offset";
+/// When the event was first parked, milliseconds since the epoch.
+pub const PARKED_AT_HEADER: &str = "consent-webhooks-parked-at";
+/// On a *done* record (empty value): the parked event of this key and source offset was
+/// delivered or dead-lettered; its earlier parked records are obsolete.
+pub const DONE_HEADER: &str = "consent-webhooks-done";
+
+/// What a parked record's headers say: enough to index it and wait for its due time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedHead {
+    pub organization_id: String,
+    pub source_offset: i64,
+    pub due_at: DateTime<Utc>,
+    pub parked_at_ms: i64,
+}
+
+/// A record of the retry topic, as its headers describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A parked event.
+    Parked(ParkedHead),
+    /// The event parked from this source offset is done.
+    Done { source_offset: i64 },
+    /// Something else (a watermark marker, or a record without these headers).
+    Other,
+}
+
+impl RecordKind {
+    /// Reads the kind from `(name, value)` headers.
+    pub fn of<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> RecordKind {
+        let (mut org, mut source, mut due, mut since, mut done) = (None, None, None, None, None);
+        let number = |v: Option<&[u8]>| {
+            v.and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        for (name, value) in headers {
+            match name {
+                ORGANIZATION_HEADER => {
+                    org = value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned)
+                }
+                SOURCE_OFFSET_HEADER => source = number(value),
+                DUE_HEADER => due = number(value),
+                PARKED_AT_HEADER => since = number(value),
+                DONE_HEADER => done = number(value),
+                _ => {}
+            }
+        }
+        if let Some(source_offset) = done {
+            return RecordKind::Done { source_offset };
+        }
+        match (
+            org,
+            source,
+            due.and_then(DateTime::from_timestamp_millis),
+            since,
+        ) {
+            (Some(organization_id), Some(source_offset), Some(due_at), Some(parked_at_ms)) => {
+                RecordKind::Parked(ParkedHead {
+                    organization_id,
+                    source_offset,
+                    due_at,
+                    parked_at_ms,
+                })
+            }
+            _ => RecordKind::Other,
+        }
+    }
+}
+
 /// Why an event was parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +223,21 @@ impl Parked {
         Ok(parked)
     }
 
+    /// The headers of its record: the kind a reader recognizes ([`RecordKind::of`]).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (ORGANIZATION_HEADER, self.organization_id.clone()),
+            (EVENT_ID_HEADER, self.event_id.clone()),
+            (DUE_HEADER, self.due_at.timestamp_millis().to_string()),
+            (REASON_HEADER, self.reason.code().to_owned()),
+            (SOURCE_OFFSET_HEADER, self.source.offset.to_string()),
+            (
+                PARKED_AT_HEADER,
+                self.parked_at.timestamp_millis().to_string(),
+            ),
+        ]
+    }
+
     /// Retries already made: every attempt after the first.
     pub fn retries_done(&self) -> usize {
         self.attempts.len().saturating_sub(1)
@@ -200,6 +294,25 @@ mod tests {
         assert_eq!(&event.body[..], original.event.get().as_bytes());
         assert_eq!(event.change_id, "c1");
         assert_eq!(event.event_type, EventType::UserUpdated);
+    }
+
+    #[test]
+    fn headers_tell_the_reader_what_it_needs_without_the_body() {
+        let parked = parked();
+        let headers = parked.headers();
+        let kind = RecordKind::of(headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
+        assert_eq!(
+            kind,
+            RecordKind::Parked(ParkedHead {
+                organization_id: "acme".into(),
+                source_offset: 41,
+                due_at: parked.due_at,
+                parked_at_ms: parked.parked_at.timestamp_millis(),
+            })
+        );
+        let done = [(DONE_HEADER, Some(&b"41"[..]))];
+        assert_eq!(RecordKind::of(done), RecordKind::Done { source_offset: 41 });
+        assert_eq!(RecordKind::of([("other", None)]), RecordKind::Other);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use progress::Progress;
 
 use crate::change::Rejection;
 use crate::deadletter::{InputRecord, SourceRef};
-use crate::park::Parked;
+use crate::park::{Parked, ParkedHead};
 use crate::webhook::WebhookEvent;
 
 /// What the consumer hands to the dispatcher, one per record that needs asynchronous work.
@@ -31,6 +31,9 @@ pub enum Work {
     Parked {
         ticket: Ticket,
         key: Vec<u8>,
-        parked: Box<Parked>,
+        head: ParkedHead,
+        /// The record itself when it is due soon; `None` when it is due later: its body is
+        /// read again then, so that waiting events cost memory for their headers only.
+        parked: Option<Box<Parked>>,
     },
 }

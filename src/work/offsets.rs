@@ -32,6 +32,10 @@ pub struct Ticket {
 struct PartitionState {
     epoch: u64,
     pending: BTreeSet<i64>,
+    /// Pending records whose work let go of them when the partition began to leave (a parked
+    /// event waiting for its due time): still not done, so the watermark stays below them,
+    /// but nothing waits for them either.
+    released: BTreeSet<i64>,
     /// One past the highest offset taken; the watermark when nothing is pending.
     next: Option<i64>,
     /// The last watermark the broker confirmed as committed.
@@ -70,6 +74,7 @@ impl OffsetTracker {
                 PartitionState {
                     epoch,
                     pending: BTreeSet::new(),
+                    released: BTreeSet::new(),
                     next: None,
                     committed: None,
                     cancel,
@@ -122,9 +127,41 @@ impl OffsetTracker {
     /// The record is done. Returns whether it counted (false for a stale ticket).
     pub fn complete(&mut self, ticket: &Ticket) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
-            Some(state) if state.epoch == ticket.epoch => state.pending.remove(&ticket.offset),
+            Some(state) if state.epoch == ticket.epoch => {
+                state.released.remove(&ticket.offset);
+                state.pending.remove(&ticket.offset)
+            }
             _ => false,
         }
+    }
+
+    /// The record's work let go of it while its partition leaves: not done (the watermark
+    /// stays below it, the next owner reads it again), but no longer waited for. Returns
+    /// whether it counted.
+    pub fn release(&mut self, ticket: &Ticket) -> bool {
+        match self.partitions.get_mut(&ticket.partition) {
+            Some(state)
+                if state.epoch == ticket.epoch && state.pending.contains(&ticket.offset) =>
+            {
+                state.released.insert(ticket.offset)
+            }
+            _ => false,
+        }
+    }
+
+    /// Records taken, not done and not released, in one partition: what a revoke waits for.
+    pub fn busy_in(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |s| s.pending.len() - s.released.len())
+    }
+
+    /// Records taken, not done and not released, across all partitions.
+    pub fn busy(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|s| s.pending.len() - s.released.len())
+            .sum()
     }
 
     /// The next offset to consume such that everything before it is done; `None` before the
@@ -269,6 +306,25 @@ mod tests {
         shutdown.cancel();
         assert!(ticket.cancel.is_cancelled());
         assert!(ticket.leave.is_cancelled());
+    }
+
+    #[test]
+    fn a_released_record_holds_the_watermark_but_is_not_waited_for() {
+        let mut t = tracker();
+        let a = t.take(0, 10).unwrap();
+        let b = t.take(0, 11).unwrap();
+        assert!(t.release(&a));
+        assert_eq!(t.busy_in(0), 1, "only b is waited for");
+        assert_eq!(t.pending_in(0), 2);
+        t.complete(&b);
+        assert_eq!(t.busy(), 0);
+        assert_eq!(
+            t.watermark(0),
+            Some(10),
+            "a is not done: read again by the next owner"
+        );
+        assert!(t.complete(&a));
+        assert_eq!(t.watermark(0), Some(12));
     }
 
     #[test]

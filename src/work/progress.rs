@@ -39,6 +39,14 @@ impl Progress {
         }
     }
 
+    /// The record's work let go of it while its partition leaves (see
+    /// [`OffsetTracker::release`]); wakes whoever waits on progress.
+    pub fn release(&self, ticket: &Ticket) {
+        if self.lock().release(ticket) {
+            self.changed.notify_all();
+        }
+    }
+
     /// Blocks until `done` holds or `timeout` passes; returns whether it holds.
     pub fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
