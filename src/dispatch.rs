@@ -19,8 +19,11 @@
 //! - **Completion.** A ticket is completed exactly when its outcome is terminal or durable:
 //!   delivered, dead-letter write acknowledged, park write acknowledged, rejected-topic write
 //!   acknowledged, or nothing to deliver. Cancelled work is not completed (consumed again).
-//! - **Leaving** (revoke, shutdown): what waits — for permits, behind its key, for its due
-//!   time — is parked (reason `revoked` or `shutdown`); attempts in flight finish.
+//! - **Leaving** (revoke, shutdown): input events that wait (for permits, behind their key) are
+//!   parked (reason `revoked` or `shutdown`); parked events that wait for their due time are
+//!   released (not done: the next owner reads their records again); attempts in flight finish.
+//!
+//! Input events are handled here; parked events read back, in [`parked`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use prometheus::IntGauge;
 use rdkafka::message::{Header, OwnedHeaders};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -40,11 +43,12 @@ use crate::deadletter::{
 };
 use crate::delivery::{Attempt, Decision, Deliverer, KeyQueues, Priority, Target, TokenSource};
 use crate::delivery::{Permit, Permits};
-use crate::park::record::DONE_HEADER;
-use crate::park::{Fetcher, ParkReason, Parked, ParkedHead, Parking, Read, Turn};
+use crate::park::{Fetcher, ParkReason, Parked, Parking};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
 use crate::work::{Progress, Ticket, Work};
+
+mod parked;
 
 /// How an event's turn here ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,107 +260,6 @@ impl Dispatcher {
             } => self.unpark(ticket, key, head, parked),
         }
     }
-
-    /// A parked record read back: skipped, held behind its key, parked again behind its key,
-    /// or attempted at its due time. `parked` is `None` for an event due later: its body is
-    /// read again when it is due.
-    fn unpark(&self, ticket: Ticket, key: Vec<u8>, head: ParkedHead, parked: Option<Box<Parked>>) {
-        let shared = &self.shared;
-        let partition = ticket.partition;
-        let source_offset = head.source_offset;
-        let read = shared.cx.parking.read(
-            partition,
-            &key,
-            source_offset,
-            ticket.offset,
-            head.parked_at_ms,
-        );
-        let turn = match read {
-            Read::Obsolete => {
-                shared.cx.retry_progress.complete(&ticket);
-                return;
-            }
-            Read::ParkAgain => {
-                let shared = shared.clone();
-                shared.cx.tasks.clone().spawn(async move {
-                    let Some(parked) = body(&shared, &ticket, parked).await else {
-                        return;
-                    };
-                    let outcome = park(&shared, &key, parked, ParkReason::BehindKey, &ticket).await;
-                    if outcome != Outcome::Abandoned {
-                        shared.cx.retry_progress.complete(&ticket);
-                    }
-                });
-                return;
-            }
-            Read::Attempt => None,
-            Read::Hold(turn) => Some(turn),
-        };
-        let lane = self.lanes.get(&head.organization_id).cloned();
-        if lane.is_some() {
-            shared
-                .cx
-                .metrics
-                .unparks
-                .with_label_values(&[&head.organization_id])
-                .inc();
-        } else {
-            shared
-                .cx
-                .metrics
-                .events_skipped
-                .with_label_values(&["no_endpoint"])
-                .inc();
-        }
-        let shared = shared.clone();
-        let span = tracing::info_span!(
-            "retry",
-            organization_id = %head.organization_id,
-            partition,
-            offset = source_offset,
-        );
-        shared.cx.tasks.clone().spawn(
-            async move {
-                let lead = if parked.is_some() {
-                    std::time::Duration::ZERO
-                } else {
-                    FETCH_LEAD
-                };
-                let outcome = match lane {
-                    // The organization's endpoint was removed.
-                    None => Outcome::Skipped,
-                    // Waiting is small (thousands of events wait); the rest is boxed.
-                    Some(lane) => match wait_turn(&ticket, head.due_at, lead, turn).await {
-                        Waited::Due => {
-                            Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await
-                        }
-                        Waited::ParkAgain => {
-                            Box::pin(park_again(&shared, &key, &ticket, parked)).await
-                        }
-                        Waited::Leave => Outcome::Released,
-                        Waited::Gone => Outcome::Abandoned,
-                    },
-                };
-                match outcome {
-                    Outcome::Abandoned => return,
-                    Outcome::Released => {
-                        shared.cx.retry_progress.release(&ticket);
-                        return;
-                    }
-                    // Superseded by a later record of the event, which goes on.
-                    Outcome::Superseded | Outcome::Parked(_) => {}
-                    Outcome::Delivered | Outcome::DeadLettered(_) | Outcome::Skipped => {
-                        shared.cx.parking.done(partition, &key, source_offset);
-                        // The next owner's scan must know: without this record, a restart
-                        // would attempt the event again.
-                        mark_done(&shared, partition, &key, source_offset, &ticket).await;
-                    }
-                }
-                shared.cx.retry_progress.complete(&ticket);
-            }
-            .instrument(span),
-        );
-    }
 }
 
 impl Shared {
@@ -499,204 +402,6 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
             );
             dead_letter(shared, &job.event, record, &job.ticket).await
         }
-    }
-}
-
-/// How long before its due time the body of an event held without it is read again.
-const FETCH_LEAD: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How a parked event's wait ended.
-enum Waited {
-    /// Its due time (minus the lead) came, and its turn if it was held.
-    Due,
-    /// Its key's head was parked again: park it again after it.
-    ParkAgain,
-    /// Its partition leaves.
-    Leave,
-    /// Its partition is gone.
-    Gone,
-}
-
-/// Waits for a parked event's turn (when held behind its key) and for its due time less
-/// `lead`. Small on purpose: every event waiting for a retry holds one.
-async fn wait_turn(
-    ticket: &Ticket,
-    due_at: chrono::DateTime<Utc>,
-    lead: std::time::Duration,
-    turn: Option<oneshot::Receiver<Turn>>,
-) -> Waited {
-    if let Some(turn) = turn {
-        tokio::select! {
-            turn = turn => match turn {
-                Ok(Turn::Attempt) => {}
-                Ok(Turn::ParkAgain) => return Waited::ParkAgain,
-                Err(_) => return Waited::Gone,
-            },
-            _ = ticket.leave.cancelled() => return Waited::Leave,
-        }
-    }
-    let wait = (due_at - Utc::now())
-        .to_std()
-        .unwrap_or_default()
-        .saturating_sub(lead);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => Waited::Due,
-        _ = ticket.leave.cancelled() => Waited::Leave,
-    }
-}
-
-/// A held event whose key's head was parked again: parked again after it.
-async fn park_again(
-    shared: &Shared,
-    key: &[u8],
-    ticket: &Ticket,
-    parked: Option<Box<Parked>>,
-) -> Outcome {
-    match body(shared, ticket, parked).await {
-        Some(parked) => park(shared, key, parked, ParkReason::BehindKey, ticket).await,
-        None => Outcome::Abandoned,
-    }
-}
-
-/// A parked event at its due time (its body read again if it waited without it): one more
-/// attempt; parked again when it may be retried once more. Leaving (revoke, shutdown) before
-/// the attempt releases it: the next owner reads its record again, and its scan knows which
-/// events are done.
-async fn retry(
-    lane: &Lane,
-    shared: &Shared,
-    key: &[u8],
-    ticket: &Ticket,
-    head: &ParkedHead,
-    parked: Option<Box<Parked>>,
-) -> Outcome {
-    let parking = &shared.cx.parking;
-    let partition = ticket.partition;
-    if !parking.is_current(partition, key, head.source_offset, ticket.offset) {
-        return Outcome::Superseded;
-    }
-    let Some(mut parked) = body(shared, ticket, parked).await else {
-        return Outcome::Abandoned;
-    };
-    let until_due = (head.due_at - Utc::now()).to_std().unwrap_or_default();
-    tokio::select! {
-        _ = tokio::time::sleep(until_due) => {}
-        _ = ticket.leave.cancelled() => return Outcome::Released,
-    }
-    let event = parked.webhook_event();
-    if !lane
-        .target
-        .endpoint
-        .settings
-        .accepts(event.event_type, &event.regulation)
-    {
-        shared
-            .cx
-            .metrics
-            .events_skipped
-            .with_label_values(&["filtered"])
-            .inc();
-        return Outcome::Skipped;
-    }
-    let permits = tokio::select! {
-        permits = lane.target.permits(&shared.global, Priority::Retry) => permits.1,
-        _ = ticket.leave.cancelled() => return Outcome::Released,
-    };
-    let attempt = tokio::select! {
-        attempt = attempt(lane, shared, &event, permits) => attempt,
-        _ = ticket.cancel.cancelled() => return Outcome::Abandoned,
-    };
-    let first = *parked.first_attempt_at.get_or_insert(attempt.at);
-    let since_first = (Utc::now() - first).to_std().unwrap_or_default();
-    let retries_done = parked.attempts.len();
-    let decision = lane.target.policy.decide(
-        &attempt.outcome,
-        retries_done,
-        since_first,
-        rand::random::<f64>(),
-    );
-    debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
-    parked.attempts.push(AttemptRecord::from(&attempt));
-    match decision {
-        Decision::Delivered => {
-            delivered(shared, &event, parked.attempts.len());
-            Outcome::Delivered
-        }
-        Decision::RetryAfter(wait) => {
-            scheduled(shared, &event);
-            parked.due_at = Utc::now() + wait;
-            let outcome = park(shared, key, parked, ParkReason::Retry, ticket).await;
-            if outcome != Outcome::Abandoned {
-                parking.park_followers_again(partition, key);
-            }
-            outcome
-        }
-        Decision::GiveUp(reason) => {
-            let record = DeadLetter::with_records(
-                &event,
-                Some(&lane.target.endpoint.settings.url),
-                reason.into(),
-                std::mem::take(&mut parked.attempts),
-                parked.source.clone(),
-            );
-            dead_letter(shared, &event, record, ticket).await
-        }
-    }
-}
-
-/// The parked record: as read, or read again by offset (a few tries, then `None`: abandoned,
-/// read again by the partition's next reading).
-async fn body(shared: &Shared, ticket: &Ticket, parked: Option<Box<Parked>>) -> Option<Parked> {
-    if let Some(parked) = parked {
-        return Some(*parked);
-    }
-    for _ in 0..3 {
-        if ticket.cancel.is_cancelled() {
-            return None;
-        }
-        if let Some(parked) = shared
-            .cx
-            .fetcher
-            .fetch(ticket.partition, ticket.offset)
-            .await
-        {
-            return Some(parked);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = ticket.cancel.cancelled() => return None,
-        }
-    }
-    warn!(
-        partition = ticket.partition,
-        retry_offset = ticket.offset,
-        "cannot read the parked event again; it is read again after the next rebalance or restart"
-    );
-    None
-}
-
-/// Writes the *done* record of a parked event (acknowledged, or given up when cancelled).
-async fn mark_done(
-    shared: &Shared,
-    partition: i32,
-    key: &[u8],
-    source_offset: i64,
-    ticket: &Ticket,
-) {
-    let offset = source_offset.to_string();
-    let headers = OwnedHeaders::new().insert(Header {
-        key: DONE_HEADER,
-        value: Some(offset.as_str()),
-    });
-    let written = Box::pin(
-        shared
-            .cx
-            .producers
-            .park(partition, key, &[], headers, &ticket.cancel),
-    )
-    .await;
-    if let Err(error) = written {
-        debug!(%error, "done record not written; a restart may attempt the event once more");
     }
 }
 

@@ -133,9 +133,16 @@ impl ConsumerContext for IngestContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = self.partitions_of(tpl);
-                let markers = self.retry.assign(&partitions);
-                let committed = self.group_committed(consumer, &partitions);
-                self.resume_at_markers(tpl, &committed, &markers);
+                // An empty assignment (cooperative rounds, leaving the group) asks nothing: the
+                // group may be on its way out, and a request would only wait for its timeout.
+                let committed = if partitions.is_empty() {
+                    Vec::new()
+                } else {
+                    let markers = self.retry.assign(&partitions);
+                    let committed = self.group_committed(consumer, &partitions);
+                    self.resume_at_markers(tpl, &committed, &markers);
+                    committed
+                };
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -267,7 +274,7 @@ impl IngestContext {
             let _ = wanted.add_partition_offset(&self.topic, p, Offset::Invalid);
         }
         let committed = consumer
-            .committed_offsets(wanted, Duration::from_secs(10))
+            .committed_offsets(wanted, Duration::from_secs(5))
             .map_err(|error| warn!(%error, "cannot read the group's committed offsets"))
             .ok();
         partitions

@@ -346,13 +346,19 @@ impl RetryReader {
     /// The partitions are about to go: stop reading them, tell their work to park what waits.
     pub fn leave(&self, partitions: &[i32]) {
         self.progress.lock().leave(partitions.iter().copied());
-        let list = self.list(
-            &partitions
+        // Only those still read (a shutdown leaves them before the group's own revoke does).
+        let reading: Vec<(i32, Offset)> = match self.consumer.assignment() {
+            Ok(assigned) => partitions
                 .iter()
+                .filter(|&&p| assigned.find_partition(&self.topic, p).is_some())
                 .map(|&p| (p, Offset::Invalid))
-                .collect::<Vec<_>>(),
-        );
-        if let Err(error) = self.consumer.incremental_unassign(&list) {
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if reading.is_empty() {
+            return;
+        }
+        if let Err(error) = self.consumer.incremental_unassign(&self.list(&reading)) {
             warn!(%error, ?partitions, "cannot unassign the retry partitions");
         }
     }
