@@ -133,7 +133,9 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
     const DOWN: usize = 3;
     const ROUNDS: usize = 8;
     const PER_ROUND: usize = 4;
-    let down_retry = r#"retry = { schedule = ["200ms", "400ms", "800ms", "1500ms", "2500ms"], max_jitter = "0s", budget = "3s", allow_below_minimum = true }"#;
+    // Compressed 20× and more; the budget keeps slack for a loaded machine (and for the first
+    // reads of topics created a moment ago).
+    let down_retry = r#"retry = { schedule = ["500ms", "1s", "2s", "3s", "4s"], max_jitter = "0s", budget = "15s", allow_below_minimum = true }"#;
     let topics = Topics::create(4).await;
     let mut receivers = Vec::new();
     for i in 0..ORGS {
@@ -207,7 +209,7 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
         assert!(times.len() >= 6, "at least five retries: {value}");
         let span = times[times.len() - 1] - times[0];
         assert!(
-            span <= chrono::Duration::milliseconds(3000 + 500),
+            span <= chrono::Duration::milliseconds(15_000 + 500),
             "every retry started within the budget of the first attempt ({span}): {value}"
         );
     }
@@ -228,7 +230,7 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
 async fn an_endpoint_down_then_back_gets_everything_in_order() {
     const USERS: usize = 8;
     const CHANGES: usize = 5;
-    let retry = r#"retry = { schedule = ["300ms", "600ms", "1200ms", "2400ms", "4000ms", "6000ms"], max_jitter = "0s", budget = "8s", allow_below_minimum = true }"#;
+    let retry = r#"retry = { schedule = ["300ms", "600ms", "1200ms", "2400ms", "4000ms", "6000ms"], max_jitter = "0s", budget = "20s", allow_below_minimum = true }"#;
     let topics = Topics::create(2).await;
     let flaky = Receiver::start(503).await;
     let config = topics.config("") + &organization("flaky", &flaky.url, retry);
