@@ -86,6 +86,8 @@ pub struct Parts {
 
 /// Everything the lanes share.
 struct Shared {
+    /// One lane per configured organization.
+    lanes: HashMap<String, Arc<Lane>>,
     deliverer: Deliverer,
     cx: Parts,
     /// Each organization's endpoint URL, for dead letters written outside a lane.
@@ -120,7 +122,6 @@ struct Job {
 
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    lanes: HashMap<String, Arc<Lane>>,
 }
 
 impl Dispatcher {
@@ -145,19 +146,20 @@ impl Dispatcher {
             .collect();
         Dispatcher {
             shared: Arc::new(Shared {
+                lanes,
                 deliverer,
                 cx,
                 urls,
                 global: Permits::new(settings.delivery.max_in_flight_requests),
                 max_pending_per_organization: settings.delivery.max_pending_per_organization,
             }),
-            lanes,
         }
     }
 
     /// Each organization's OAuth token source, for the token-fetch metrics.
     pub fn token_sources(&self) -> Vec<(String, Arc<TokenSource>)> {
-        self.lanes
+        self.shared
+            .lanes
             .iter()
             .filter_map(|(org, lane)| {
                 Some((org.clone(), lane.target.endpoint.token_source()?.clone()))
@@ -176,7 +178,7 @@ impl Dispatcher {
     /// The lane of an event, or why it has none (counted).
     fn lane_for(&self, event: &WebhookEvent) -> Option<Arc<Lane>> {
         let metrics = &self.shared.cx.metrics;
-        match self.lanes.get(&event.organization_id) {
+        match self.shared.lanes.get(&event.organization_id) {
             Some(lane)
                 if lane
                     .target
@@ -257,7 +259,7 @@ impl Dispatcher {
                 key,
                 head,
                 parked,
-            } => self.unpark(ticket, key, head, parked),
+            } => parked::unpark(shared, ticket, key, head, parked),
         }
     }
 }

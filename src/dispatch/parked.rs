@@ -1,129 +1,157 @@
-//! Parked events read back from the retry topic: each waits for its turn (behind an earlier
-//! event of its key) and its due time, with its headers only when it is due later than the
-//! reader's horizon; then one more attempt, and it is delivered, parked again, or
-//! dead-lettered with every attempt. Leaving (revoke, shutdown) before the attempt releases it:
-//! not done, read again by the partition's next owner, whose scan knows from the *done*
-//! records which events are finished.
+//! Parked events read back from the retry topic. The first of its key waits for its due time
+//! (with its headers only when due later than the reader's horizon), then gets one more
+//! attempt, and is delivered, parked again, or dead-lettered with every attempt. One read
+//! behind an earlier event of its key waits for its turn with nothing in memory (an index
+//! entry): when the event before it is done, it is read again by offset and goes on the same
+//! way. A key's followers are thus written and read once, however often its head is parked
+//! again. Leaving (revoke, shutdown) before the attempt releases an event: not done, read
+//! again by the partition's next owner, whose scan knows from the *done* records which events
+//! are finished.
+
+use std::sync::Arc;
 
 use chrono::Utc;
 use rdkafka::message::{Header, OwnedHeaders};
-use tokio::sync::oneshot;
 use tracing::{debug, warn, Instrument};
 
-use super::{attempt, dead_letter, delivered, park, scheduled, Dispatcher, Lane, Outcome, Shared};
+use super::{attempt, dead_letter, delivered, park, scheduled, Lane, Outcome, Shared};
 use crate::deadletter::{AttemptRecord, DeadLetter};
 use crate::delivery::{Decision, Priority};
 use crate::park::record::DONE_HEADER;
-use crate::park::{ParkReason, Parked, ParkedHead, Read, Turn};
+use crate::park::{Next, ParkReason, Parked, ParkedHead, Read};
 use crate::work::Ticket;
 
-impl Dispatcher {
-    /// A parked record read back: skipped, held behind its key, parked again behind its key,
-    /// or attempted at its due time. `parked` is `None` for an event due later: its body is
-    /// read again when it is due.
-    pub(super) fn unpark(
-        &self,
-        ticket: Ticket,
-        key: Vec<u8>,
-        head: ParkedHead,
-        parked: Option<Box<Parked>>,
-    ) {
-        let shared = &self.shared;
-        let partition = ticket.partition;
-        let source_offset = head.source_offset;
-        let read = shared.cx.parking.read(
-            partition,
-            &key,
-            source_offset,
-            ticket.offset,
-            head.parked_at_ms,
-        );
-        let turn = match read {
-            Read::Obsolete => {
-                shared.cx.retry_progress.complete(&ticket);
-                return;
+/// A parked record read back: skipped (obsolete), left waiting for its turn, or attempted at its
+/// due time. `parked` is `None` for an event due later or behind its key: its body is read
+/// again when it is due.
+pub(super) fn unpark(
+    shared: &Arc<Shared>,
+    ticket: Ticket,
+    key: Vec<u8>,
+    head: ParkedHead,
+    parked: Option<Box<Parked>>,
+) {
+    let partition = ticket.partition;
+    let read = shared.cx.parking.read(
+        partition,
+        &key,
+        head.source_offset,
+        ticket.offset,
+        head.parked_at_ms,
+    );
+    match read {
+        Read::Obsolete => shared.cx.retry_progress.complete(&ticket),
+        Read::Wait => {
+            // Nothing to finish for it: a partition that leaves does not wait for it (the
+            // retry reader lets go of those waiting when the partition began to leave).
+            if ticket.leave.is_cancelled() {
+                shared.cx.retry_progress.release(&ticket);
             }
-            Read::ParkAgain => {
-                let shared = shared.clone();
-                shared.cx.tasks.clone().spawn(async move {
-                    let Some(parked) = body(&shared, &ticket, parked).await else {
-                        return;
-                    };
-                    let outcome = park(&shared, &key, parked, ParkReason::BehindKey, &ticket).await;
-                    if outcome != Outcome::Abandoned {
-                        shared.cx.retry_progress.complete(&ticket);
-                    }
-                });
-                return;
-            }
-            Read::Attempt => None,
-            Read::Hold(turn) => Some(turn),
-        };
-        let lane = self.lanes.get(&head.organization_id).cloned();
-        if lane.is_some() {
-            shared
-                .cx
-                .metrics
-                .unparks
-                .with_label_values(&[&head.organization_id])
-                .inc();
-        } else {
-            shared
-                .cx
-                .metrics
-                .events_skipped
-                .with_label_values(&["no_endpoint"])
-                .inc();
         }
-        let shared = shared.clone();
-        let span = tracing::info_span!(
-            "retry",
-            organization_id = %head.organization_id,
-            partition,
-            offset = source_offset,
-        );
-        shared.cx.tasks.clone().spawn(
-            async move {
-                let lead = if parked.is_some() {
-                    std::time::Duration::ZERO
-                } else {
-                    FETCH_LEAD
-                };
-                let outcome = match lane {
-                    // The organization's endpoint was removed.
-                    None => Outcome::Skipped,
-                    // Waiting is small (thousands of events wait); the rest is boxed.
-                    Some(lane) => match wait_turn(&ticket, head.due_at, lead, turn).await {
-                        Waited::Due => {
-                            Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await
-                        }
-                        Waited::ParkAgain => {
-                            Box::pin(park_again(&shared, &key, &ticket, parked)).await
-                        }
-                        Waited::Leave => Outcome::Released,
-                        Waited::Gone => Outcome::Abandoned,
-                    },
-                };
-                match outcome {
-                    Outcome::Abandoned => return,
-                    Outcome::Released => {
-                        shared.cx.retry_progress.release(&ticket);
-                        return;
-                    }
-                    // Superseded by a later record of the event, which goes on.
-                    Outcome::Superseded | Outcome::Parked(_) => {}
-                    Outcome::Delivered | Outcome::DeadLettered(_) | Outcome::Skipped => {
-                        shared.cx.parking.done(partition, &key, source_offset);
-                        // The next owner's scan must know: without this record, a restart
-                        // would attempt the event again.
-                        mark_done(&shared, partition, &key, source_offset, &ticket).await;
-                    }
-                }
-                shared.cx.retry_progress.complete(&ticket);
-            }
-            .instrument(span),
-        );
+        Read::Attempt => {
+            let shared = shared.clone();
+            shared
+                .cx
+                .tasks
+                .clone()
+                .spawn(take_turn(shared, ticket, key, head, parked));
+        }
     }
+}
+
+/// The waiting event whose turn came: its record read again, then on like the first of its key.
+fn resume(shared: &Arc<Shared>, partition: i32, key: Vec<u8>, next: Next) {
+    let ticket = shared
+        .cx
+        .retry_progress
+        .lock()
+        .ticket(partition, next.retry_offset);
+    let Some(ticket) = ticket else {
+        // Its partition is gone: the next owner reads it again.
+        return;
+    };
+    let shared = shared.clone();
+    shared.cx.tasks.clone().spawn(async move {
+        let Some(parked) = body(&shared, &ticket, None).await else {
+            return;
+        };
+        let head = ParkedHead {
+            organization_id: parked.organization_id.clone(),
+            source_offset: next.source_offset,
+            due_at: parked.due_at,
+            parked_at_ms: parked.parked_at.timestamp_millis(),
+        };
+        Box::pin(take_turn(shared, ticket, key, head, Some(Box::new(parked)))).await;
+    });
+}
+
+/// A parked event whose turn it is: waits for its due time, gets one more attempt, and ends
+/// done (delivered, dead-lettered, skipped), parked again, or released.
+async fn take_turn(
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    key: Vec<u8>,
+    head: ParkedHead,
+    parked: Option<Box<Parked>>,
+) {
+    let partition = ticket.partition;
+    let source_offset = head.source_offset;
+    let lane = shared.lanes.get(&head.organization_id).cloned();
+    let metrics = &shared.cx.metrics;
+    if lane.is_some() {
+        metrics
+            .unparks
+            .with_label_values(&[&head.organization_id])
+            .inc();
+    } else {
+        metrics
+            .events_skipped
+            .with_label_values(&["no_endpoint"])
+            .inc();
+    }
+    let span = tracing::info_span!(
+        "retry",
+        organization_id = %head.organization_id,
+        partition,
+        offset = source_offset,
+    );
+    let outcome = async {
+        let lead = if parked.is_some() {
+            std::time::Duration::ZERO
+        } else {
+            FETCH_LEAD
+        };
+        match lane {
+            // The organization's endpoint was removed.
+            None => Outcome::Skipped,
+            // Waiting is small (thousands of events wait); the rest is boxed.
+            Some(lane) => match wait_due(&ticket, head.due_at, lead).await {
+                Waited::Due => Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await,
+                Waited::Leave => Outcome::Released,
+            },
+        }
+    }
+    .instrument(span)
+    .await;
+    match outcome {
+        Outcome::Abandoned => return,
+        Outcome::Released => {
+            shared.cx.retry_progress.release(&ticket);
+            return;
+        }
+        // Superseded by a later record of the event, which goes on.
+        Outcome::Superseded | Outcome::Parked(_) => {}
+        Outcome::Delivered | Outcome::DeadLettered(_) | Outcome::Skipped => {
+            let next = shared.cx.parking.done(partition, &key, source_offset);
+            // The next owner's scan must know: without this record, a restart would attempt
+            // the event again.
+            mark_done(&shared, partition, &key, source_offset, &ticket).await;
+            if let Some(next) = next {
+                resume(&shared, partition, key, next);
+            }
+        }
+    }
+    shared.cx.retry_progress.complete(&ticket);
 }
 
 /// How long before its due time the body of an event held without it is read again.
@@ -131,34 +159,19 @@ const FETCH_LEAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a parked event's wait ended.
 enum Waited {
-    /// Its due time (minus the lead) came, and its turn if it was held.
+    /// Its due time (minus the lead) came.
     Due,
-    /// Its key's head was parked again: park it again after it.
-    ParkAgain,
     /// Its partition leaves.
     Leave,
-    /// Its partition is gone.
-    Gone,
 }
 
-/// Waits for a parked event's turn (when held behind its key) and for its due time less
-/// `lead`. Small on purpose: every event waiting for a retry holds one.
-async fn wait_turn(
+/// Waits for a parked event's due time less `lead`. Small on purpose: every event waiting for a
+/// retry holds one.
+async fn wait_due(
     ticket: &Ticket,
     due_at: chrono::DateTime<Utc>,
     lead: std::time::Duration,
-    turn: Option<oneshot::Receiver<Turn>>,
 ) -> Waited {
-    if let Some(turn) = turn {
-        tokio::select! {
-            turn = turn => match turn {
-                Ok(Turn::Attempt) => {}
-                Ok(Turn::ParkAgain) => return Waited::ParkAgain,
-                Err(_) => return Waited::Gone,
-            },
-            _ = ticket.leave.cancelled() => return Waited::Leave,
-        }
-    }
     let wait = (due_at - Utc::now())
         .to_std()
         .unwrap_or_default()
@@ -166,19 +179,6 @@ async fn wait_turn(
     tokio::select! {
         _ = tokio::time::sleep(wait) => Waited::Due,
         _ = ticket.leave.cancelled() => Waited::Leave,
-    }
-}
-
-/// A held event whose key's head was parked again: parked again after it.
-async fn park_again(
-    shared: &Shared,
-    key: &[u8],
-    ticket: &Ticket,
-    parked: Option<Box<Parked>>,
-) -> Outcome {
-    match body(shared, ticket, parked).await {
-        Some(parked) => park(shared, key, parked, ParkReason::BehindKey, ticket).await,
-        None => Outcome::Abandoned,
     }
 }
 
@@ -249,11 +249,7 @@ async fn retry(
         Decision::RetryAfter(wait) => {
             scheduled(shared, &event);
             parked.due_at = Utc::now() + wait;
-            let outcome = park(shared, key, parked, ParkReason::Retry, ticket).await;
-            if outcome != Outcome::Abandoned {
-                parking.park_followers_again(partition, key);
-            }
-            outcome
+            park(shared, key, parked, ParkReason::Retry, ticket).await
         }
         Decision::GiveUp(reason) => {
             let record = DeadLetter::with_records(

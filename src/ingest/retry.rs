@@ -9,8 +9,11 @@
 //! - **Index first.** On assignment, retry *p* is scanned from its committed position to its
 //!   end and the parked-key index of *p* is installed before any input record of *p* is
 //!   delivered (the scan runs inside the rebalance callback, before the next poll).
-//! - **Bounded.** Past `max_parked_in_memory` parked records read and not done, reading pauses;
-//!   it resumes below half of it.
+//! - **Bounded.** Past `max_parked_in_memory` parked records read and held in memory (waiting
+//!   for their due time, or attempted), reading pauses; it resumes below half of it. Records
+//!   read while an earlier event of their key is not done hold nothing but an index entry (they
+//!   wait for their turn and are read again by offset), so they do not count: reading never
+//!   stops before the record of the head they wait for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -346,6 +349,16 @@ impl RetryReader {
     /// The partitions are about to go: stop reading them, tell their work to park what waits.
     pub fn leave(&self, partitions: &[i32]) {
         self.progress.lock().leave(partitions.iter().copied());
+        // Events waiting for their turn have no work to finish: let go of them now (the
+        // dispatcher lets go itself of those that start waiting after this).
+        for &p in partitions {
+            for offset in self.parking.waiting_offsets(p) {
+                let ticket = self.progress.lock().ticket(p, offset);
+                if let Some(ticket) = ticket {
+                    self.progress.release(&ticket);
+                }
+            }
+        }
         // Only those still read (a shutdown leaves them before the group's own revoke does).
         let reading: Vec<(i32, Offset)> = match self.consumer.assignment() {
             Ok(assigned) => partitions
@@ -454,8 +467,11 @@ impl RetryReader {
                 return None;
             }
             (RecordKind::Parked(head), Some(key)) => {
-                if head.due_at > chrono::Utc::now() + HORIZON {
-                    // Due later: wait with its headers only; the body is read again when due.
+                if head.due_at > chrono::Utc::now() + HORIZON
+                    || self.parking.has_earlier(partition, key, head.source_offset)
+                {
+                    // Due later, or behind an earlier event of its key: wait with its headers
+                    // only; the body is read again when due.
                     return Some(Work::Parked {
                         ticket,
                         key: key.to_vec(),
@@ -493,7 +509,8 @@ impl RetryReader {
 
     /// Pauses reading past `max_parked_in_memory` records held, resumes below half of it.
     fn flow_control(&self) {
-        let pending = self.progress.lock().pending();
+        let taken = self.progress.lock().pending();
+        let pending = taken.saturating_sub(self.parking.waiting());
         self.metrics
             .parked_in_memory
             .set(i64::try_from(pending).unwrap_or(i64::MAX));

@@ -5,8 +5,10 @@
 //! retry partition (from its committed position to its end) before it delivers any input of
 //! the partition, and keeps it as events are parked and finished.
 //!
-//! Memory: one entry (two offsets and a flag) per parked event that is not done, plus each key
-//! once.
+//! Memory: one entry (two offsets and a state) per parked event that is not done, plus each key
+//! once. An event read back while an earlier one of its key is not done keeps nothing else in
+//! memory: it [waits](Place::Waiting) as this entry, and is read again by offset when its turn
+//! comes, so a key's followers are written once, whatever its head's retries.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,19 +19,28 @@ pub enum OnRead {
     Obsolete,
     /// The first parked event of its key: attempt it when due.
     Attempt,
-    /// An earlier event of its key is in memory: hold this one behind it.
-    Hold,
-    /// An earlier event of its key is parked further on in the log: park this one again, so
-    /// that it comes after it (holding it could fill memory while the earlier one is unread).
-    ParkAgain,
+    /// An earlier event of its key is not done: wait, with nothing in memory but this index's
+    /// entry; [`ParkedKeys::done`] of the earlier one names it when its turn comes.
+    Wait,
+}
+
+/// Where a parked event not done is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Only in the log: the reader has not reached its latest record yet.
+    Unread,
+    /// In memory: waiting for its due time, or being attempted.
+    Active,
+    /// Read, and waiting for its turn behind an earlier event of its key with nothing in
+    /// memory; its record is read again by offset when the turn comes.
+    Waiting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     /// The retry-topic offset of the event's latest parked record.
     retry_offset: i64,
-    /// The reader holds the event in memory (read, not done, not parked again).
-    in_memory: bool,
+    place: Place,
     /// When the event was first parked (milliseconds since the epoch).
     since_ms: i64,
 }
@@ -39,6 +50,14 @@ struct Entry {
 pub struct ParkedKeys {
     keys: HashMap<Vec<u8>, BTreeMap<i64, Entry>>,
     len: usize,
+    waiting: usize,
+}
+
+/// A waiting event whose turn came: read its record again at `retry_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub source_offset: i64,
+    pub retry_offset: i64,
 }
 
 impl ParkedKeys {
@@ -49,6 +68,29 @@ impl ParkedKeys {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Parked events read and waiting for their turn (nothing of them in memory but the entry).
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// The retry offsets of the waiting events.
+    pub fn waiting_offsets(&self) -> Vec<i64> {
+        self.keys
+            .values()
+            .flat_map(|events| events.values())
+            .filter(|e| e.place == Place::Waiting)
+            .map(|e| e.retry_offset)
+            .collect()
+    }
+
+    /// Whether an event of `key` before `source_offset` is parked and not done: the event at
+    /// `source_offset` cannot be attempted yet (its body need not be read now).
+    pub fn has_earlier(&self, key: &[u8], source_offset: i64) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|events| events.range(..source_offset).next().is_some())
     }
 
     /// Whether a new event of `key` must park behind an earlier one.
@@ -80,9 +122,12 @@ impl ParkedKeys {
         match events.get_mut(&source_offset) {
             Some(entry) if entry.retry_offset >= retry_offset => {}
             Some(entry) => {
+                if entry.place == Place::Waiting {
+                    self.waiting -= 1;
+                }
                 *entry = Entry {
                     retry_offset,
-                    in_memory: false,
+                    place: Place::Unread,
                     since_ms: entry.since_ms.min(since_ms),
                 }
             }
@@ -91,7 +136,7 @@ impl ParkedKeys {
                     source_offset,
                     Entry {
                         retry_offset,
-                        in_memory: false,
+                        place: Place::Unread,
                         since_ms,
                     },
                 );
@@ -108,8 +153,8 @@ impl ParkedKeys {
             .is_some_and(|entry| entry.retry_offset == retry_offset)
     }
 
-    /// The reader read the record at `retry_offset`: what to do with it. Marks it in memory
-    /// when the answer is [`OnRead::Attempt`] or [`OnRead::Hold`].
+    /// The reader read the record at `retry_offset`: what to do with it. The event is then
+    /// [`Place::Active`] (attempt) or [`Place::Waiting`] (wait).
     pub fn on_read(&mut self, key: &[u8], source_offset: i64, retry_offset: i64) -> OnRead {
         let Some(events) = self.keys.get_mut(key) else {
             return OnRead::Obsolete;
@@ -118,48 +163,53 @@ impl ParkedKeys {
             .keys()
             .next()
             .expect("keys without events are removed");
-        let head_in_memory = events[&head].in_memory;
         let Some(entry) = events.get_mut(&source_offset) else {
             return OnRead::Obsolete;
         };
-        if entry.retry_offset != retry_offset {
+        if entry.retry_offset != retry_offset || entry.place != Place::Unread {
             return OnRead::Obsolete;
         }
         if source_offset == head {
-            entry.in_memory = true;
+            entry.place = Place::Active;
             OnRead::Attempt
-        } else if head_in_memory {
-            entry.in_memory = true;
-            OnRead::Hold
         } else {
-            OnRead::ParkAgain
+            entry.place = Place::Waiting;
+            self.waiting += 1;
+            OnRead::Wait
         }
     }
 
-    /// The event's delivery ended (delivered or dead-lettered). Returns the source offset of the
-    /// key's next parked event when it is held in memory: it is now the one to attempt.
-    pub fn done(&mut self, key: &[u8], source_offset: i64) -> Option<i64> {
+    /// The event's delivery ended (delivered, dead-lettered or skipped). Returns the key's next
+    /// parked event when it waits for this turn (it is then [`Place::Active`]: the caller reads
+    /// it again and attempts it). A next event still unread becomes the head when read.
+    pub fn done(&mut self, key: &[u8], source_offset: i64) -> Option<Next> {
         let events = self.keys.get_mut(key)?;
-        if events.remove(&source_offset).is_some() {
+        if let Some(entry) = events.remove(&source_offset) {
             self.len -= 1;
+            if entry.place == Place::Waiting {
+                self.waiting -= 1;
+            }
         }
-        let next = events
-            .iter()
-            .next()
-            .map(|(&offset, entry)| (offset, entry.in_memory));
-        if events.is_empty() {
+        let Some((&next, entry)) = events.iter_mut().next() else {
             self.keys.remove(key);
+            return None;
+        };
+        if entry.place != Place::Waiting {
+            return None;
         }
-        match next {
-            Some((offset, true)) => Some(offset),
-            _ => None,
-        }
+        entry.place = Place::Active;
+        self.waiting -= 1;
+        Some(Next {
+            source_offset: next,
+            retry_offset: entry.retry_offset,
+        })
     }
 
     /// The partition was revoked: forget it all (the next owner rebuilds it from the topic).
     pub fn clear(&mut self) {
         self.keys.clear();
         self.len = 0;
+        self.waiting = 0;
     }
 }
 
@@ -185,25 +235,52 @@ mod tests {
         keys.parked(b"k", 10, 0, 0); // N
         keys.parked(b"k", 11, 1, 0); // N+1, behind it
         assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Attempt);
-        assert_eq!(keys.on_read(b"k", 11, 1), OnRead::Hold);
-        // N delivered: N+1 is next, and it is in memory.
-        assert_eq!(keys.done(b"k", 10), Some(11));
+        assert_eq!(keys.on_read(b"k", 11, 1), OnRead::Wait);
+        assert_eq!(keys.waiting(), 1);
+        assert!(keys.has_earlier(b"k", 11));
+        assert!(!keys.has_earlier(b"k", 10));
+        // N delivered: N+1 is next, read again from its record.
+        assert_eq!(
+            keys.done(b"k", 10),
+            Some(Next {
+                source_offset: 11,
+                retry_offset: 1
+            })
+        );
+        assert_eq!(keys.waiting(), 0);
         assert_eq!(keys.done(b"k", 11), None);
         assert!(keys.is_empty());
     }
 
     #[test]
-    fn an_event_whose_head_is_later_in_the_log_is_parked_again() {
+    fn followers_wait_once_whatever_their_heads_retries() {
         let mut keys = ParkedKeys::default();
         keys.parked(b"k", 10, 0, 0); // N
         keys.parked(b"k", 12, 1, 0); // N+2
-        keys.parked(b"k", 10, 5, 0); // N parked again after a failed retry
-        assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Obsolete);
-        assert_eq!(keys.on_read(b"k", 12, 1), OnRead::ParkAgain);
-        keys.parked(b"k", 12, 6, 0);
+        assert_eq!(keys.on_read(b"k", 10, 0), OnRead::Attempt);
+        assert_eq!(keys.on_read(b"k", 12, 1), OnRead::Wait);
+        // N fails again and is parked again, further on: N+2 stays where it is.
+        keys.parked(b"k", 10, 5, 0);
+        assert_eq!(keys.on_read(b"k", 12, 1), OnRead::Obsolete, "read once");
         assert_eq!(keys.on_read(b"k", 10, 5), OnRead::Attempt);
-        assert_eq!(keys.on_read(b"k", 12, 6), OnRead::Hold);
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.done(b"k", 10).map(|n| n.retry_offset), Some(1));
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
+    fn a_follower_read_before_its_head_waits_for_it() {
+        let mut keys = ParkedKeys::default();
+        keys.parked(b"k", 10, 5, 0); // N, parked again at 5
+        keys.parked(b"k", 12, 1, 0); // N+2, read first
+        assert_eq!(keys.on_read(b"k", 12, 1), OnRead::Wait);
+        assert_eq!(keys.on_read(b"k", 10, 5), OnRead::Attempt);
+        assert_eq!(
+            keys.done(b"k", 10),
+            Some(Next {
+                source_offset: 12,
+                retry_offset: 1
+            })
+        );
     }
 
     #[test]

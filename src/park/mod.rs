@@ -34,4 +34,4 @@ pub mod state;
 
 pub use fetch::Fetcher;
 pub use record::{ParkReason, Parked, ParkedHead, RecordKind};
-pub use state::{Parking, Read, Turn};
+pub use state::{Next, Parking, Read};

@@ -152,7 +152,7 @@ impl Metrics {
             unparks: counter_vec(&r, "unparks_total", "Parked events read back from the retry topic for their next attempt, by organization.", &["organization"]),
             parked_events: gauge(&r, "parked_events", "Parked events not done yet, in the retry partitions this replica owns."),
             parked_oldest_age: gauge(&r, "parked_oldest_age_seconds", "Age of the oldest parked event not done yet (since it was first parked), in the retry partitions this replica owns; 0 when none."),
-            parked_in_memory: gauge(&r, "parked_in_memory", "Parked events read back and held in memory (waiting for their due time, behind their key, or in flight)."),
+            parked_in_memory: gauge(&r, "parked_in_memory", "Parked events read back and held in memory (waiting for their due time, or in flight); events waiting behind their key hold none."),
             retry_lag: gauge_vec(&r, "retry_lag", "Records between the retry reader's committed position and the end of each retry partition this replica owns.", &["partition"]),
             registry: r,
         };

@@ -124,6 +124,19 @@ impl OffsetTracker {
         })
     }
 
+    /// The ticket of a record taken and not done in the current assignment of its partition
+    /// (for work that let go of it and takes it up again); `None` when it is not pending.
+    pub fn ticket(&self, partition: i32, offset: i64) -> Option<Ticket> {
+        let state = self.partitions.get(&partition)?;
+        state.pending.contains(&offset).then(|| Ticket {
+            partition,
+            offset,
+            epoch: state.epoch,
+            cancel: state.cancel.clone(),
+            leave: state.leave.clone(),
+        })
+    }
+
     /// The record is done. Returns whether it counted (false for a stale ticket).
     pub fn complete(&mut self, ticket: &Ticket) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
@@ -318,6 +331,8 @@ mod tests {
         assert_eq!(t.pending_in(0), 2);
         t.complete(&b);
         assert_eq!(t.busy(), 0);
+        assert!(t.ticket(0, 10).is_some(), "a pending record's ticket");
+        assert!(t.ticket(0, 99).is_none(), "none for a record not taken");
         assert_eq!(
             t.watermark(0),
             Some(10),
