@@ -24,8 +24,8 @@ use crate::park::Parked;
 /// Longest a run may take to read.
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Offsets at most this far apart are read in one run.
-const RUN_GAP: i64 = 5_000;
+/// Offsets at most this far apart are read in one run (a few hundred KB to skip, at most).
+const RUN_GAP: i64 = 256;
 
 /// How long requests are gathered before a round of reads starts.
 const GATHER: Duration = Duration::from_millis(5);
@@ -49,6 +49,12 @@ impl Fetcher {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "10")
+            // Reads are short runs at scattered offsets: no deep prefetch to throw away at
+            // each seek (librdkafka's defaults queue up to 64 MB per partition).
+            .set("queued.min.messages", "512")
+            .set("queued.max.messages.kbytes", "2048")
+            .set("max.partition.fetch.bytes", "262144")
+            .set("fetch.max.bytes", "1048576")
             .create()?;
         let topic = kafka.retry_topic.clone();
         let (tx, rx) = std_mpsc::channel();
