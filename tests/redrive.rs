@@ -312,3 +312,49 @@ async fn usage_errors_exit_2() {
     .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
 }
+
+/// Order per key across redrive: one key's dead letters sit on the topic in the reverse of their
+/// source order (as after an earlier redrive wrote the first back); the redrive still delivers
+/// them in source order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_dead_letters_are_redriven_in_source_order() {
+    const N: usize = 4;
+    let topics = Topics::create(1).await;
+    let receiver = Receiver::start(503).await;
+    let config = topics.config("") + &organization("acme", &receiver.url, RETRY);
+    let input = records::users_created("acme", N);
+    let dead = dead_letter_with_service(&topics, &config, &input, N).await;
+
+    // The same entity for all, source offsets 100, 101, ... in dead-letter order; written to a
+    // fresh dead-letter topic last first.
+    let mut rewritten: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut in_source_order = Vec::new();
+    for (i, record) in dead.iter().enumerate() {
+        let mut value = records::json_value(record);
+        let event = &mut value["event"];
+        if !event["parameters"].is_object() {
+            event["parameters"] = serde_json::json!({});
+        }
+        event["parameters"]["entity"] = serde_json::json!({ "id": "one-user" });
+        in_source_order.push(event["id"].as_str().unwrap().to_owned());
+        value["source"]["offset"] = serde_json::json!(100 + i);
+        rewritten.push(("acme".to_owned(), serde_json::to_vec(&value).unwrap()));
+    }
+    rewritten.reverse();
+    let second = Topics::create(1).await;
+    kafka::produce(&second.dead_letter, &rewritten).await;
+
+    receiver.answer(200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = second.config("") + &organization("acme", &receiver.url, RETRY);
+    let path = write_config(dir.path(), "config.toml", &config);
+    let run = redrive(&path, &[]).await;
+    run.assert_success();
+    assert_eq!(run.count("delivered"), N as u64, "{}", run.stdout);
+    let delivered: Vec<String> = receiver
+        .delivered()
+        .iter()
+        .map(Received::event_id)
+        .collect();
+    assert_eq!(delivered, in_source_order, "source order, not topic order");
+}

@@ -20,7 +20,7 @@ pub(crate) mod deliver;
 pub(crate) mod scan;
 mod select;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use crate::delivery::Deliverer;
 
 use deliver::{Job, Redriver, Tally};
 use scan::{capture_ranges, is_marker, is_reference, parse_time, Marker, Ranges, Scanner};
-use select::{select, Entry, Filters, Index, Selection};
+use select::{select, Coordinates, Entry, Filters, Index, Selection};
 
 pub use scan::RESOLVED_HEADER;
 
@@ -298,6 +298,7 @@ async fn deliver_selected(
         range.1 = range.1.max(offset + 1);
     }
     let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let mut order = Order::new(selected);
     let mut scanner = Scanner::new(&settings.kafka, topic, &ranges)?;
     while !wanted.is_empty() {
         let next = tokio::select! {
@@ -312,18 +313,20 @@ async fn deliver_selected(
         let job = serde_json::from_slice::<DeadLetter>(message.payload().unwrap_or_default())
             .map_err(|e| e.to_string())
             .and_then(|record| Job::new(record, at));
-        let job = match job {
-            Ok(job) => job,
+        let ready = match job {
+            Ok(job) => order.arrived(at, Some(job)),
             Err(error) => {
                 tracing::warn!(partition = at.0, offset = at.1, %error, "cannot rebuild the event; left as it is");
-                continue;
+                order.arrived(at, None)
             }
         };
-        let permit = tokio::select! {
-            permit = pending.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stop.cancelled() => return Ok(()),
-        };
-        redriver.submit(job, permit);
+        for job in ready {
+            let permit = tokio::select! {
+                permit = pending.clone().acquire_owned() => permit.expect("never closed"),
+                _ = stop.cancelled() => return Ok(()),
+            };
+            redriver.submit(job, permit);
+        }
     }
     if !wanted.is_empty() {
         tracing::warn!(
@@ -331,7 +334,67 @@ async fn deliver_selected(
             "selected records not found on the second read; left as they are"
         );
     }
+    // Records whose earlier events of the key were not found go last, still in source order.
+    for job in order.rest() {
+        let permit = tokio::select! {
+            permit = pending.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stop.cancelled() => return Ok(()),
+        };
+        redriver.submit(job, permit);
+    }
     Ok(())
+}
+
+/// Hands the records read in topic order over in each key's source order: a record waits here
+/// until the earlier records of its key were handed over (or found unusable).
+struct Order<'a> {
+    /// Each key's records not handed over yet, in source order.
+    queues: HashMap<&'a str, VecDeque<Coordinates>>,
+    key_of: HashMap<Coordinates, &'a str>,
+    /// Read and waiting for an earlier record of their key; `None`: unusable, skipped.
+    arrived: HashMap<Coordinates, Option<Job>>,
+}
+
+impl<'a> Order<'a> {
+    fn new(selected: &'a [Entry]) -> Self {
+        Order {
+            queues: select::source_order(selected),
+            key_of: selected.iter().map(|e| (e.at, e.key.as_str())).collect(),
+            arrived: HashMap::new(),
+        }
+    }
+
+    /// The record at `at` was read (`None`: it cannot be delivered): the jobs now ready.
+    fn arrived(&mut self, at: Coordinates, job: Option<Job>) -> Vec<Job> {
+        let Some(&key) = self.key_of.get(&at) else {
+            return job.into_iter().collect();
+        };
+        self.arrived.insert(at, job);
+        let mut ready = Vec::new();
+        if let Some(queue) = self.queues.get_mut(key) {
+            while let Some(front) = queue.front() {
+                let Some(job) = self.arrived.remove(front) else {
+                    break;
+                };
+                queue.pop_front();
+                ready.extend(job);
+            }
+        }
+        ready
+    }
+
+    /// What still waits (its earlier records were never read), in source order per key.
+    fn rest(mut self) -> Vec<Job> {
+        let mut rest = Vec::new();
+        for queue in self.queues.into_values() {
+            for at in queue {
+                if let Some(Some(job)) = self.arrived.remove(&at) {
+                    rest.push(job);
+                }
+            }
+        }
+        rest
+    }
 }
 
 #[derive(Deserialize)]
@@ -377,12 +440,17 @@ fn index_record(index: &mut Index, message: &OwnedMessage) {
                     record.dead_lettered_at
                 )
             })?;
+            // Pass 2 reports a record it cannot rebuild; here it only orders nothing.
+            let key =
+                deliver::key_of(&record).unwrap_or_else(|_| format!("\0{partition}:{offset}"));
             Ok(Entry {
                 event_id: event.id,
                 organization_id: record.organization_id,
                 reason: record.reason,
                 dead_lettered_at,
                 at: (partition, offset),
+                key,
+                source: (record.source.partition, record.source.offset),
             })
         });
     match entry {

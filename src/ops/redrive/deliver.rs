@@ -3,7 +3,9 @@
 //!
 //! Guarantees:
 //! - events of the same organization and entity (the user, or the consent event) are delivered
-//!   one after the other, in the order of the dead-letter topic; others run concurrently,
+//!   one after the other, in the order they are submitted (source order: see
+//!   `deliver_selected`); once one of them fails again in a redrive, the key's later events are
+//!   left as they are, so a later run still delivers them after it; others run concurrently,
 //!   bounded by each endpoint's `concurrency` and by `max_in_flight_requests`, permits held only
 //!   during an attempt;
 //! - a delivered event gets its resolution marker; an event that fails again is written back with
@@ -11,7 +13,7 @@
 //!   an organization without an endpoint now is written back as `endpoint_not_configured`;
 //! - after `stop`, no attempt starts; an event not attempted yet stays as it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
@@ -44,7 +46,8 @@ pub enum Outcome {
     FailedAgain(DeadLetterReason),
     /// The organization's endpoint no longer takes this type or regulation: left as it is.
     NotAccepted,
-    /// Interrupted before its first attempt, or before its write-back: left as it is.
+    /// Interrupted before its first attempt, or before its write-back, or behind an earlier
+    /// event of its key that failed again in this run: left as it is.
     NotAttempted,
 }
 
@@ -127,6 +130,26 @@ struct EntityId {
     id: String,
 }
 
+/// The order key of a stored event: its organization and entity (the user, or the consent
+/// event); events with the same key are delivered in source order.
+fn order_key(organization_id: &str, id: &str, parameters: Option<Parameters>) -> String {
+    let entity = parameters
+        .and_then(|p| p.entity.or(p.new_entity).or(p.old_entity))
+        .map_or_else(|| id.to_owned(), |e| e.id);
+    format!("{organization_id}\0{entity}")
+}
+
+/// The order key of a dead letter's event (see [`Job::key`]).
+pub fn key_of(record: &DeadLetter) -> Result<String, String> {
+    let fields: EventFields = serde_json::from_str(record.event.get())
+        .map_err(|e| format!("the stored event is not a webhook event: {e}"))?;
+    Ok(order_key(
+        &record.organization_id,
+        &fields.id,
+        fields.parameters,
+    ))
+}
+
 impl Job {
     /// A job for an event derived anew from its source record (resend): failures are written
     /// to the dead-letter topic as first-time dead letters. `key` orders the events of one
@@ -155,12 +178,7 @@ impl Job {
             .map_err(|e| format!("the stored event is not a webhook event: {e}"))?;
         let occurred_at = parse_time(&fields.created_at)
             .ok_or_else(|| format!("created_at {:?} is not a time", fields.created_at))?;
-        let entity = fields
-            .parameters
-            .and_then(|p| p.entity.or(p.new_entity).or(p.old_entity))
-            .map(|e| e.id)
-            .unwrap_or_else(|| fields.id.clone());
-        let key = format!("{}\0{entity}", record.organization_id);
+        let key = order_key(&record.organization_id, &fields.id, fields.parameters);
         let event = WebhookEvent {
             id: fields.id,
             event_type: fields.event_type,
@@ -193,6 +211,9 @@ pub struct Redriver {
     /// Writes (markers, write-backs) are abandoned once cancelled.
     abort: CancellationToken,
     keys: Mutex<KeyQueues<String, (Job, OwnedSemaphorePermit)>>,
+    /// Keys with an event that failed again in this run (redrive only): their later events are
+    /// left as they are, so that a later run delivers the key's events in source order.
+    failed_keys: Mutex<HashSet<String>>,
     tasks: TaskTracker,
     tally: Mutex<Tally>,
     on_done: Box<dyn Fn(&Tally) + Send + Sync>,
@@ -227,6 +248,7 @@ impl Redriver {
             stop,
             abort,
             keys: Mutex::new(KeyQueues::default()),
+            failed_keys: Mutex::new(HashSet::new()),
             tasks: TaskTracker::new(),
             tally: Mutex::new(Tally::default()),
             on_done,
@@ -271,7 +293,18 @@ impl Redriver {
                 partition = job.at.0,
                 offset = job.at.1,
             );
-            let outcome = tracing::Instrument::instrument(self.redrive(&job), span).await;
+            let outcome = if self.behind_failed(&job.key) {
+                debug!(event_id = %job.event.id, "an earlier event of its key failed again; left as it is");
+                Outcome::NotAttempted
+            } else {
+                tracing::Instrument::instrument(self.redrive(&job), span).await
+            };
+            if self.markers && matches!(outcome, Outcome::FailedAgain(_)) {
+                self.failed_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.key.clone());
+            }
             {
                 let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
                 tally.add(outcome);
@@ -284,6 +317,16 @@ impl Redriver {
                 None => return,
             }
         }
+    }
+
+    /// An earlier event of `key` failed again in this run (redrive only).
+    fn behind_failed(&self, key: &str) -> bool {
+        self.markers
+            && self
+                .failed_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
     }
 
     async fn redrive(&self, job: &Job) -> Outcome {

@@ -8,7 +8,7 @@
 //! - an event whose newest record is named by a resolution marker is never selected again;
 //! - the filters apply to that newest record; `limit` keeps the oldest `dead_lettered_at` first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 
@@ -25,6 +25,10 @@ pub struct Entry {
     pub reason: DeadLetterReason,
     pub dead_lettered_at: DateTime<Utc>,
     pub at: Coordinates,
+    /// Organization and entity: the events of a key are delivered in source order.
+    pub key: String,
+    /// The source record's partition and offset.
+    pub source: Coordinates,
 }
 
 impl Entry {
@@ -32,6 +36,23 @@ impl Entry {
     fn order(&self) -> (DateTime<Utc>, Coordinates) {
         (self.dead_lettered_at, self.at)
     }
+}
+
+/// The selected records of each key, in source order: the order in which pass 2 hands them
+/// over, whatever their order on the dead-letter topic (a record written back by an earlier
+/// redrive sits after later events of its key there).
+pub fn source_order(selected: &[Entry]) -> HashMap<&str, VecDeque<Coordinates>> {
+    let mut by_key: HashMap<&str, Vec<&Entry>> = HashMap::new();
+    for entry in selected {
+        by_key.entry(entry.key.as_str()).or_default().push(entry);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, mut entries)| {
+            entries.sort_by_key(|e| (e.source, e.dead_lettered_at, e.at));
+            (key, entries.iter().map(|e| e.at).collect())
+        })
+        .collect()
 }
 
 /// The dead-letter topic as pass 1 saw it.
@@ -147,7 +168,23 @@ mod tests {
             reason,
             dead_lettered_at: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
             at: (0, offset),
+            key: format!("{org}\0{event}"),
+            source: (0, offset),
         }
+    }
+
+    #[test]
+    fn a_keys_records_go_in_source_order_whatever_their_place_on_the_topic() {
+        use DeadLetterReason::*;
+        let mut n = entry("n", "acme", Exhausted, 10, 7); // written back by a redrive
+        let mut n1 = entry("n1", "acme", Exhausted, 5, 3);
+        let other = entry("x", "acme", Exhausted, 6, 4);
+        (n.key, n1.key) = ("acme\0u1".into(), "acme\0u1".into());
+        (n.source, n1.source) = ((2, 100), (2, 101));
+        let selected = [n1, other, n];
+        let order = source_order(&selected);
+        assert_eq!(order["acme\0u1"], [(0, 7), (0, 3)]);
+        assert_eq!(order["acme\0x"], [(0, 4)]);
     }
 
     fn ids(selection: &Selection) -> Vec<(&str, i64)> {
