@@ -1,0 +1,270 @@
+//! The pipeline against its ceilings, in one run: `cargo bench --bench ceilings`.
+//!
+//! On the local real broker (KAFKA_BOOTSTRAP_SERVERS, or the project's own, started on the test
+//! port) and one in-process axum receiver, with BENCH_RECORDS (default 100,000) records of
+//! ~1 KB over 64 organizations and 8 partitions, it measures:
+//!
+//! - (c) the pipeline end to end: the records produced up front, then the release binary
+//!   `consent-webhooks run` started; deliveries/s from the first to the last delivery. The
+//!   receiver keeps every body it gets;
+//! - (d) the service's CPU time per delivery (user + system from `/proc/<pid>/stat`, start-up
+//!   included) and its peak RSS (VmHWM);
+//! - (a) raw consume: a bare rdkafka consumer (no group, no processing) reading the same input
+//!   topic from its start; records/s;
+//! - (b) raw POST: a bare pooled `reqwest` client sending the bodies the receiver got in (c), to
+//!   the same organizations' paths of a receiver of the same kind, with the service's request
+//!   concurrency (`max_in_flight_requests` = 256); requests/s;
+//! - (e) latency from each record's timestamp to its 2xx, p50/p99/max, at the fixed offered
+//!   loads of BENCH_LOADS (default `2000,10000` records/s), BENCH_SECONDS each (default 30,
+//!   the first BENCH_WARMUP, default 5, not counted);
+//!
+//! and prints them side by side with the efficiency (c) / min(a, b), writing every figure to
+//! BENCH_OUT (default `target/bench-ceilings.json`).
+//!
+//! How the receiver was checked not to be the limit: in (b) the same receiver takes the bare
+//! client's requests, and both run in this process; (b)'s rate is the most the receiver and a
+//! client together can do, an upper bound the pipeline must share with the broker. With four
+//! CPUs or more (or BENCH_PIN=1) and `taskset`, the service runs on CPU 0 and this process on
+//! the last CPU; the broker is not pinned. On two cores pinning starves the service (measured:
+//! p99 970 ms at 2,000/s pinned, 12 ms not), so nothing is pinned by default there: everything
+//! shares the machine, and figures should come from a quiet one.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use futures::StreamExt;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+use common::{
+    bootstrap, env_or, round, run_burst, run_sustained, start_receiver, Receiver, Sustained,
+    Topics, ORGS, PARTITIONS, USERS,
+};
+
+/// The service's `max_in_flight_requests` in the benchmark's configuration.
+const CONCURRENCY: usize = 256;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = env_or("BENCH_RECORDS", 100_000);
+    let loads: Vec<f64> = std::env::var("BENCH_LOADS")
+        .unwrap_or_else(|_| "2000,10000".into())
+        .split(',')
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("BENCH_LOADS: {l:?} is not a rate"))
+        })
+        .collect();
+    let seconds: f64 = env_or("BENCH_SECONDS", 30.0);
+    let warmup: f64 = env_or("BENCH_WARMUP", 5.0_f64).min(seconds / 2.0);
+    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-ceilings.json").to_owned()
+    });
+    let pinned = pin_cpus();
+
+    let bootstrap = bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+
+    // (c) and (d), keeping the bodies for (b).
+    let topics = Topics::new();
+    topics.create(&admin).await;
+    let (pipeline, bodies) = run_burst(&bootstrap, &topics, n, true).await;
+    assert_eq!(bodies.len(), n, "every record delivered once in the burst");
+    // (a) over the same records.
+    let consume_per_s = raw_consume(&bootstrap, &topics.input, n);
+    topics.delete(&admin).await;
+    // (b) with the same bodies.
+    let (post_per_s, receiver_check) = raw_post(bodies).await;
+
+    // (e) at each fixed load.
+    let mut latency = Vec::new();
+    for rate in &loads {
+        let topics = Topics::new();
+        topics.create(&admin).await;
+        let params = Sustained {
+            rate: *rate,
+            seconds,
+            outage: 0,
+            warmup,
+            drain: 120.0,
+            users: USERS,
+        };
+        let figures = run_sustained(&bootstrap, &topics, &params).await;
+        topics.delete(&admin).await;
+        latency.push(json!({
+            "offered_per_s": rate,
+            "delivered_per_s": figures["healthy_deliveries_per_s"],
+            "latency_ms": figures["latency_ms"],
+            "service_cpu_cores": figures["service_cpu_cores"],
+            "rss_max_mb": figures["rss_max_mb"],
+        }));
+    }
+
+    let pipeline_per_s = pipeline["deliveries_per_s"].as_f64().unwrap_or(0.0);
+    let ceiling = consume_per_s.min(post_per_s);
+    let efficiency = pipeline_per_s / ceiling;
+    println!();
+    println!(
+        "ceilings: {n} records of ~{} bytes, {ORGS} organizations, {PARTITIONS} partitions{}",
+        pipeline["record_bytes"],
+        if pinned {
+            "; service on CPU 0, benchmark on the last CPU"
+        } else {
+            "; nothing pinned"
+        }
+    );
+    println!("  (a) raw consume            {consume_per_s:>10.0} records/s");
+    println!("  (b) raw POST ({CONCURRENCY} at once) {post_per_s:>10.0} requests/s (receiver alone: {receiver_check:.0} requests/s seen)");
+    println!("  (c) pipeline end to end    {pipeline_per_s:>10.0} deliveries/s");
+    println!(
+        "  (d) service CPU            {:>10} µs per delivery, peak RSS {} MB",
+        pipeline["service_cpu_us_per_delivery"], pipeline["vm_hwm_mb"]
+    );
+    for l in &latency {
+        println!(
+            "  (e) at {:>6}/s offered     p50 {} ms, p99 {} ms, max {} ms ({} delivered/s)",
+            l["offered_per_s"],
+            l["latency_ms"]["p50"],
+            l["latency_ms"]["p99"],
+            l["latency_ms"]["max"],
+            l["delivered_per_s"]
+        );
+    }
+    println!("  efficiency (c) / min(a, b) {efficiency:>10.2}");
+    let figures = json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "records": n,
+        "pinned": pinned,
+        "raw_consume_per_s": consume_per_s.round(),
+        "raw_post_per_s": post_per_s.round(),
+        "pipeline": pipeline,
+        "latency": latency,
+        "efficiency": round(efficiency, 3),
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    println!("ceilings: figures written to {out}");
+    println!("{figures}");
+}
+
+/// With `taskset` and four CPUs or more (two or more with BENCH_PIN=1): the service on the
+/// first CPUs (through BENCH_SERVICE_CPUS), every thread of this process on the last CPU.
+/// Whether it did.
+fn pin_cpus() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = std::env::var("BENCH_PIN").map_or(cpus >= 4, |v| v == "1");
+    if cpus < 2 || !wanted {
+        return false;
+    }
+    let last = (cpus - 1).to_string();
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &last, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if pinned {
+        let service = if cpus > 2 {
+            format!("0-{}", cpus - 2)
+        } else {
+            "0".to_owned()
+        };
+        std::env::set_var("BENCH_SERVICE_CPUS", service);
+    } else {
+        eprintln!("ceilings: taskset unavailable; nothing pinned");
+    }
+    pinned
+}
+
+/// (a): a bare consumer reads `n` records of `topic` from its start; records/s from the
+/// assignment to the last record.
+fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-raw-consume")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    let start = Instant::now();
+    consumer.assign(&list).unwrap();
+    let mut read = 0usize;
+    let mut bytes = 0usize;
+    let deadline = start + Duration::from_secs(300);
+    while read < n {
+        assert!(
+            Instant::now() < deadline,
+            "raw consume: {read} of {n} in 300 s"
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read += 1;
+            bytes += message.payload_len();
+        }
+    }
+    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "ceilings: raw consume read {read} records ({} MB) at {per_s:.0}/s",
+        bytes / 1_000_000
+    );
+    per_s
+}
+
+/// (b): a bare pooled client sends `bodies` to a fresh receiver, `CONCURRENCY` at a time;
+/// requests/s, and the rate the receiver itself saw.
+async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64) {
+    let receiver = Arc::new(Receiver {
+        outage: 0,
+        measure_latency: false,
+        epoch: Instant::now(),
+        delivered: AtomicU64::new(0),
+        down_requests: AtomicU64::new(0),
+        first: Mutex::new(None),
+        samples: Mutex::new(Vec::new()),
+        unparsable: AtomicU64::new(0),
+        bodies: None,
+    });
+    let addr = start_receiver(receiver.clone()).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let n = bodies.len();
+    let start = Instant::now();
+    let failed = futures::stream::iter(bodies)
+        .map(|(org, body)| {
+            let request = client
+                .post(format!("http://{addr}/org-{org:02}"))
+                .header("content-type", "application/json")
+                .body(body);
+            async move { request.send().await.map(|r| r.status().is_success()) }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter(|r| std::future::ready(!matches!(r, Ok(true))))
+        .count()
+        .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(failed, 0, "raw POST: {failed} of {n} requests failed");
+    let seen = receiver.delivered.load(Ordering::Relaxed) as f64;
+    let first = receiver.first.lock().unwrap().unwrap_or(start);
+    let receiver_per_s = seen / first.elapsed().as_secs_f64();
+    println!(
+        "ceilings: raw POST sent {n} requests at {:.0}/s",
+        n as f64 / elapsed
+    );
+    (n as f64 / elapsed, receiver_per_s)
+}
