@@ -376,10 +376,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
         attempt = attempt(lane, shared, &job.event, permits) => attempt,
         _ = job.ticket.cancel.cancelled() => return Outcome::Abandoned,
     };
-    let decision =
-        lane.target
-            .policy
-            .decide(&attempt.outcome, 0, attempt.duration, rand::random::<f64>());
+    let decision = lane.target.decide(&attempt, 0, None);
     debug!(outcome = %attempt.outcome.code(), "first attempt");
     let first = Some(attempt.at);
     let attempts = vec![AttemptRecord::from(&attempt)];

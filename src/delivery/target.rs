@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{Deliverer, Endpoint, Permit, Permits, Priority, RetryPolicy};
+use super::{Attempt, Decision, Deliverer, Endpoint, Permit, Permits, Priority, RetryPolicy};
 use crate::config::OrganizationSettings;
 
 pub struct Target {
@@ -34,6 +35,27 @@ impl Target {
         let endpoint = self.concurrency.acquire(priority).await;
         let global = global.acquire(priority).await;
         (Instant::now(), [endpoint, global])
+    }
+
+    /// What follows `attempt` (made with its permits in hand) for an event that had
+    /// `retries_done` retries before it, its first attempt started at `first_at` (`None`: this
+    /// was the first). The one "attempt → decide" step of `run` (first attempts and parked
+    /// events) and `redrive`: the budget counts from the first attempt's start, wherever and
+    /// whenever it was made.
+    pub fn decide(
+        &self,
+        attempt: &Attempt,
+        retries_done: usize,
+        first_at: Option<DateTime<Utc>>,
+    ) -> Decision {
+        let first = first_at.unwrap_or(attempt.at);
+        let since_first = (Utc::now() - first).to_std().unwrap_or_default();
+        self.policy.decide(
+            &attempt.outcome,
+            retries_done,
+            since_first,
+            rand::random::<f64>(),
+        )
     }
 }
 
@@ -67,5 +89,36 @@ mod tests {
             "the 10 minutes of waiting are not counted"
         );
         assert_eq!(global.available(), 10, "both permits are given back");
+    }
+
+    /// The budget counts from the first attempt's start, carried by the event (a parked record,
+    /// a dead letter), not from this process's clock.
+    #[test]
+    fn the_budget_counts_from_the_first_attempt_wherever_it_was_made() {
+        use crate::delivery::{AttemptOutcome, GiveUpReason};
+        let deliverer = Deliverer::new(&delivery_settings(Duration::from_secs(30))).unwrap();
+        let target = Target::new(
+            &deliverer,
+            "acme",
+            &organization("https://example.com/hook".parse().unwrap()),
+        );
+        let attempt = Attempt {
+            at: Utc::now(),
+            duration: Duration::from_millis(5),
+            outcome: AttemptOutcome::Status {
+                code: 503,
+                retry_after: None,
+            },
+            reauthorized: false,
+        };
+        assert!(matches!(
+            target.decide(&attempt, 0, None),
+            Decision::RetryAfter(_)
+        ));
+        let long_ago = Utc::now() - chrono::Duration::minutes(10);
+        assert_eq!(
+            target.decide(&attempt, 1, Some(long_ago)),
+            Decision::GiveUp(GiveUpReason::Exhausted)
+        );
     }
 }

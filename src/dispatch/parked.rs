@@ -230,15 +230,11 @@ async fn retry(
         attempt = attempt(lane, shared, &event, permits) => attempt,
         _ = ticket.cancel.cancelled() => return Outcome::Abandoned,
     };
-    let first = *parked.first_attempt_at.get_or_insert(attempt.at);
-    let since_first = (Utc::now() - first).to_std().unwrap_or_default();
     let retries_done = parked.attempts.len();
-    let decision = lane.target.policy.decide(
-        &attempt.outcome,
-        retries_done,
-        since_first,
-        rand::random::<f64>(),
-    );
+    let decision = lane
+        .target
+        .decide(&attempt, retries_done, parked.first_attempt_at);
+    parked.first_attempt_at.get_or_insert(attempt.at);
     debug!(outcome = %attempt.outcome.code(), retries_done, "attempt");
     parked.attempts.push(AttemptRecord::from(&attempt));
     match decision {

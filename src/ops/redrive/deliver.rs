@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -343,8 +342,8 @@ impl Redriver {
             debug!("not accepted by the endpoint's type or regulation filter; left as it is");
             return Outcome::NotAccepted;
         }
-        // The budget counts from the first attempt actually sent, not from the wait for permits.
-        let mut first: Option<Instant> = None;
+        // The budget counts from the first attempt actually sent, not from the wait for permits
+        // (`Target::decide`).
         let mut attempts: Vec<Attempt> = Vec::new();
         loop {
             if self.stop.is_cancelled() {
@@ -360,15 +359,9 @@ impl Redriver {
             } else {
                 Priority::Retry
             };
-            let (started, attempt) = self.attempt(lane, &job.event, priority).await;
-            let first = *first.get_or_insert(started);
+            let attempt = self.attempt(lane, &job.event, priority).await;
             let retries_done = attempts.len();
-            let mut decision = lane.policy.decide(
-                &attempt.outcome,
-                retries_done,
-                first.elapsed(),
-                rand::random::<f64>(),
-            );
+            let mut decision = lane.decide(&attempt, retries_done, attempts.first().map(|a| a.at));
             if matches!(decision, Decision::RetryAfter(_)) && retries_done >= self.retries {
                 decision = Decision::GiveUp(GiveUpReason::Exhausted);
             }
@@ -392,16 +385,10 @@ impl Redriver {
         }
     }
 
-    /// One attempt with the moment it started (permits in hand).
-    async fn attempt(
-        &self,
-        lane: &Target,
-        event: &WebhookEvent,
-        priority: Priority,
-    ) -> (Instant, Attempt) {
-        let (started, _permits) = lane.permits(&self.global, priority).await;
-        let attempt = Box::pin(self.deliverer.attempt(&lane.endpoint, event)).await;
-        (started, attempt)
+    /// One attempt, with its permits in hand.
+    async fn attempt(&self, lane: &Target, event: &WebhookEvent, priority: Priority) -> Attempt {
+        let _permits = lane.permits(&self.global, priority).await;
+        Box::pin(self.deliverer.attempt(&lane.endpoint, event)).await
     }
 
     /// Writes the resolution marker of a delivered event.
