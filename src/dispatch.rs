@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -98,10 +98,35 @@ struct Shared {
 
 struct Lane {
     target: Target,
+    metrics: LaneMetrics,
     state: Mutex<LaneState>,
     /// The endpoint's last attempt failed: the lane takes no more than `concurrency` events.
     failing: AtomicBool,
     concurrency: usize,
+}
+
+/// An organization's metric handles on the delivery path, resolved once: a label look-up
+/// hashes its values and takes a lock on every call.
+struct LaneMetrics {
+    delivered: IntCounter,
+    /// By status class: 2xx, 3xx, 4xx, 5xx, error (others are looked up).
+    attempts: [IntCounter; 5],
+    attempt_duration: Histogram,
+    endpoint_failing: IntGauge,
+}
+
+const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+impl LaneMetrics {
+    fn new(metrics: &Metrics, org: &str) -> Self {
+        LaneMetrics {
+            delivered: metrics.deliveries.with_label_values(&[org, "delivered"]),
+            attempts: CLASSES
+                .map(|class| metrics.delivery_attempts.with_label_values(&[org, class])),
+            attempt_duration: metrics.attempt_duration.with_label_values(&[org]),
+            endpoint_failing: metrics.endpoint_failing.with_label_values(&[org]),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -132,6 +157,7 @@ impl Dispatcher {
             .map(|(id, org)| {
                 let lane = Lane {
                     target: Target::new(&deliverer, id, org),
+                    metrics: LaneMetrics::new(&cx.metrics, id),
                     state: Mutex::new(LaneState::default()),
                     failing: AtomicBool::new(false),
                     concurrency: org.concurrency,
@@ -382,7 +408,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
     let attempts = vec![AttemptRecord::from(&attempt)];
     match decision {
         Decision::Delivered => {
-            delivered(shared, &job.event, 1);
+            delivered(lane, shared, &job.event, 1);
             Outcome::Delivered
         }
         Decision::RetryAfter(wait) => {
@@ -404,17 +430,17 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
     }
 }
 
-fn delivered(shared: &Shared, event: &WebhookEvent, attempts: usize) {
+fn delivered(lane: &Lane, shared: &Shared, event: &WebhookEvent, attempts: usize) {
     debug!(attempts, "delivered");
-    let metrics = &shared.cx.metrics;
-    metrics
-        .deliveries
-        .with_label_values(&[&event.organization_id, "delivered"])
-        .inc();
+    lane.metrics.delivered.inc();
     let latency = (Utc::now() - event.occurred_at)
         .to_std()
         .unwrap_or_default();
-    metrics.end_to_end_latency.observe(latency.as_secs_f64());
+    shared
+        .cx
+        .metrics
+        .end_to_end_latency
+        .observe(latency.as_secs_f64());
 }
 
 fn scheduled(shared: &Shared, event: &WebhookEvent) {
@@ -506,22 +532,21 @@ async fn attempt(
 ) -> Attempt {
     let metrics = &shared.cx.metrics;
     let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
-    let org = [event.organization_id.as_str()];
     let class = attempt.outcome.status_class();
-    metrics
-        .delivery_attempts
-        .with_label_values(&[org[0], class])
-        .inc();
-    metrics
+    match CLASSES.iter().position(|c| *c == class) {
+        Some(i) => lane.metrics.attempts[i].inc(),
+        None => metrics
+            .delivery_attempts
+            .with_label_values(&[&event.organization_id, class])
+            .inc(),
+    }
+    lane.metrics
         .attempt_duration
-        .with_label_values(&org)
         .observe(attempt.duration.as_secs_f64());
     let failing = class != "2xx";
     lane.failing.store(failing, Ordering::Relaxed);
-    metrics
-        .endpoint_failing
-        .with_label_values(&org)
-        .set(i64::from(failing));
+    lane.metrics.endpoint_failing.set(i64::from(failing));
+    let org = [event.organization_id.as_str()];
     if attempt.reauthorized {
         metrics.oauth_reauthorizations.with_label_values(&org).inc();
     }

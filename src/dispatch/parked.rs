@@ -239,7 +239,7 @@ async fn retry(
     parked.attempts.push(AttemptRecord::from(&attempt));
     match decision {
         Decision::Delivered => {
-            delivered(shared, &event, parked.attempts.len());
+            delivered(lane, shared, &event, parked.attempts.len());
             Outcome::Delivered
         }
         Decision::RetryAfter(wait) => {

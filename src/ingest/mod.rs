@@ -47,6 +47,7 @@ use crate::deadletter::{InputRecord, SourceRef};
 use crate::derive::{derive, Derived, Rules};
 use crate::park::marker::WatermarkMarker;
 use crate::telemetry::Metrics;
+use crate::webhook::EventType;
 use crate::work::{Progress, Work};
 
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
@@ -386,6 +387,9 @@ pub struct Ingest {
     drain_timeout: Duration,
     state: Arc<IngestState>,
     metrics: Arc<Metrics>,
+    /// `events_derived_total` by type, in [`EventType::ALL`] order: resolved once, not per
+    /// record.
+    derived: [prometheus::IntCounter; 6],
     retry: Arc<RetryReader>,
 }
 
@@ -430,6 +434,8 @@ impl Ingest {
             max_pending: settings.delivery.max_pending_records,
             drain_timeout: settings.delivery.drain_timeout,
             state,
+            derived: EventType::ALL
+                .map(|t| metrics.events_derived.with_label_values(&[t.as_str()])),
             metrics,
             retry,
         })
@@ -525,10 +531,9 @@ impl Ingest {
                 None
             }
             Derived::Webhook(event) => {
-                self.metrics
-                    .events_derived
-                    .with_label_values(&[event.event_type.as_str()])
-                    .inc();
+                if let Some(i) = EventType::ALL.iter().position(|t| *t == event.event_type) {
+                    self.derived[i].inc();
+                }
                 Some(Work::Deliver {
                     source: SourceRef {
                         topic: self.topic.clone(),
