@@ -72,8 +72,13 @@ fn resume(shared: &Arc<Shared>, partition: i32, key: Vec<u8>, next: Next) {
     };
     let shared = shared.clone();
     shared.cx.tasks.clone().spawn(async move {
-        let Some(parked) = body(&shared, &ticket, None).await else {
-            return;
+        let parked = match body(&shared, &ticket, None).await {
+            Ok(parked) => parked,
+            Err(Outcome::Released) => {
+                shared.cx.retry_progress.release(&ticket);
+                return;
+            }
+            Err(_) => return,
         };
         let head = ParkedHead {
             organization_id: parked.organization_id.clone(),
@@ -199,8 +204,9 @@ async fn retry(
     if !parking.is_current(partition, key, head.source_offset, ticket.offset) {
         return Outcome::Superseded;
     }
-    let Some(mut parked) = body(shared, ticket, parked).await else {
-        return Outcome::Abandoned;
+    let mut parked = match body(shared, ticket, parked).await {
+        Ok(parked) => parked,
+        Err(outcome) => return outcome,
     };
     let until_due = (head.due_at - Utc::now()).to_std().unwrap_or_default();
     tokio::select! {
@@ -260,15 +266,21 @@ async fn retry(
     }
 }
 
-/// The parked record: as read, or read again by offset (a few tries, then `None`: abandoned,
-/// read again by the partition's next reading).
-async fn body(shared: &Shared, ticket: &Ticket, parked: Option<Box<Parked>>) -> Option<Parked> {
+/// The parked record: as read, or read again by offset, tried until it is read or the
+/// partition leaves (`Err(Released)`: the next owner reads it again) or is gone
+/// (`Err(Abandoned)`), so that a broker hiccup never leaves a key stuck behind it.
+async fn body(
+    shared: &Shared,
+    ticket: &Ticket,
+    parked: Option<Box<Parked>>,
+) -> Result<Parked, Outcome> {
     if let Some(parked) = parked {
-        return Some(*parked);
+        return Ok(*parked);
     }
-    for _ in 0..3 {
+    let mut tries = 0u32;
+    loop {
         if ticket.cancel.is_cancelled() {
-            return None;
+            return Err(Outcome::Abandoned);
         }
         if let Some(parked) = shared
             .cx
@@ -276,19 +288,23 @@ async fn body(shared: &Shared, ticket: &Ticket, parked: Option<Box<Parked>>) -> 
             .fetch(ticket.partition, ticket.offset)
             .await
         {
-            return Some(parked);
+            return Ok(parked);
         }
+        tries += 1;
+        if tries % 10 == 3 {
+            warn!(
+                partition = ticket.partition,
+                retry_offset = ticket.offset,
+                tries,
+                "cannot read the parked event again yet; trying on"
+            );
+        }
+        let pause = std::time::Duration::from_millis(500 * u64::from(tries.min(10)));
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = ticket.cancel.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+            _ = ticket.leave.cancelled() => return Err(Outcome::Released),
         }
     }
-    warn!(
-        partition = ticket.partition,
-        retry_offset = ticket.offset,
-        "cannot read the parked event again; it is read again after the next rebalance or restart"
-    );
-    None
 }
 
 /// Writes the *done* record of a parked event (acknowledged, or given up when cancelled).
