@@ -14,8 +14,9 @@
 //!   The retry partitions of the same numbers go with them ([`retry`]). When the broker refuses
 //!   that commit (it does during cooperative rebalances), a watermark marker on the retry
 //!   partition tells the next owner where to start ([`crate::park::marker`]).
-//! - Bounded: when `max_pending_records` records are taken and not done, every partition is
-//!   paused; they resume below half of it.
+//! - Bounded: when `max_pending_records` records are taken and not done, no more are taken
+//!   until one is done; if that lasts [`STALL`], every partition is paused, and they resume
+//!   below half of it.
 //! - Shutdown: stop polling, park what waits, wait up to `drain_timeout` for in-flight work,
 //!   cancel what is left, commit what is done, leave the group.
 //!
@@ -52,6 +53,13 @@ use crate::work::{Progress, Work};
 
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long the loop stops taking input records over `max_pending_records` before it pauses the
+/// partitions. Pausing makes librdkafka drop what it prefetched, and resuming fetches it again:
+/// done every few thousand records, that costs most of the throughput (a 200,000-record burst
+/// with a 4,000 limit: 5,200 deliveries/s with a pause at every crossing). Below this, the loop
+/// only waits for completions; rebalance callbacks wait at most this long.
+const STALL: Duration = Duration::from_millis(500);
 
 /// How often moved watermarks are committed (a crash re-sends at most about this much work
 /// besides the requests in flight).
@@ -450,9 +458,10 @@ impl Ingest {
         abandon: CancellationToken,
     ) {
         let mut last_commit = Instant::now();
+        let mut stalled_since: Option<Instant> = None;
         while !stop.is_cancelled() {
             // Back-pressure is checked for every record (cheap, keeps the bound exact).
-            self.flow_control();
+            let full = self.flow_control(&mut stalled_since);
             if last_commit.elapsed() >= COMMIT_INTERVAL {
                 self.commit_done();
                 self.retry.commit_done();
@@ -460,6 +469,13 @@ impl Ingest {
             }
             if self.retry.poll(&work).is_err() {
                 break;
+            }
+            if full {
+                // Take no input until a record is done (or the stall turns into a pause).
+                let max = self.max_pending;
+                self.progress
+                    .wait_until(POLL_INTERVAL, |t| t.pending() < max);
+                continue;
             }
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
@@ -582,24 +598,30 @@ impl Ingest {
         }
     }
 
-    /// Pauses every partition past `max_pending`, resumes below half of it.
-    fn flow_control(&self) {
+    /// Back-pressure at `max_pending` records taken and not done. Returns true while the loop
+    /// must take no input (over the limit for less than [`STALL`]); past it, every partition
+    /// is paused, and resumed below half of the limit.
+    fn flow_control(&self, stalled_since: &mut Option<Instant>) -> bool {
         let pending = self.progress.lock().pending();
         self.metrics
             .pending_records
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         let context = self.consumer.context();
         let paused = context.paused.load(Ordering::SeqCst);
-        let change = if !paused && pending >= self.max_pending {
-            Some(true)
-        } else if paused && pending <= self.max_pending / 2 {
-            Some(false)
-        } else {
+        let change = if paused {
+            (pending <= self.max_pending / 2).then_some(false)
+        } else if pending < self.max_pending {
+            *stalled_since = None;
             None
+        } else if stalled_since.get_or_insert_with(Instant::now).elapsed() < STALL {
+            return true;
+        } else {
+            *stalled_since = None;
+            Some(true)
         };
-        let Some(pause) = change else { return };
+        let Some(pause) = change else { return false };
         let Ok(assignment) = self.consumer.assignment() else {
-            return;
+            return false;
         };
         let result = if pause {
             self.consumer.pause(&assignment)
@@ -617,5 +639,6 @@ impl Ingest {
             }
             Err(error) => warn!(%error, "pause/resume failed"),
         }
+        false
     }
 }
