@@ -31,21 +31,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::StreamExt;
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 use common::{
-    bootstrap, env_or, round, run_burst, run_sustained, start_receiver, Receiver, Sustained,
+    admin, bootstrap, env_or, round, run_burst, run_sustained, start_receiver, Receiver, Sustained,
     Topics, ORGS, PARTITIONS, USERS,
 };
 
@@ -72,10 +69,7 @@ async fn main() {
     let pinned = pin_cpus();
 
     let bootstrap = bootstrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
+    let admin = admin(&bootstrap);
 
     // (c) and (d), keeping the bodies for (b).
     let topics = Topics::new();
@@ -226,17 +220,7 @@ fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
 /// (b): a bare pooled client sends `bodies` to a fresh receiver, `CONCURRENCY` at a time;
 /// requests/s, and the rate the receiver itself saw.
 async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64) {
-    let receiver = Arc::new(Receiver {
-        outage: 0,
-        measure_latency: false,
-        epoch: Instant::now(),
-        delivered: AtomicU64::new(0),
-        down_requests: AtomicU64::new(0),
-        first: Mutex::new(None),
-        samples: Mutex::new(Vec::new()),
-        unparsable: AtomicU64::new(0),
-        bodies: None,
-    });
+    let receiver = Receiver::new(0, 0, None);
     let addr = start_receiver(receiver.clone()).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)

@@ -35,10 +35,7 @@
 
 mod common;
 
-use common::{bootstrap, env_or, run_burst, run_sustained, Sustained, Topics};
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use common::{admin, bootstrap, env_or, run_burst, run_sustained, Sustained, Topics};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
@@ -46,10 +43,7 @@ async fn main() {
         .iter()
         .any(|v| std::env::var_os(v).is_some());
     let bootstrap = bootstrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
+    let admin = admin(&bootstrap);
     let topics = Topics::new();
     topics.create(&admin).await;
     let figures = if sustained {

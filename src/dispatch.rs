@@ -41,7 +41,9 @@ use crate::config::Settings;
 use crate::deadletter::{
     AttemptRecord, DeadLetter, DeadLetterReason, Producers, SourceRef, WriteError,
 };
-use crate::delivery::{Attempt, Decision, Deliverer, KeyQueues, Priority, Target, TokenSource};
+use crate::delivery::{
+    Attempt, AttemptOutcome, Decision, Deliverer, KeyQueues, Priority, Target, TokenSource,
+};
 use crate::delivery::{Permit, Permits};
 use crate::park::{Fetcher, ParkReason, Parked, Parking};
 use crate::telemetry::Metrics;
@@ -109,19 +111,17 @@ struct Lane {
 /// hashes its values and takes a lock on every call.
 struct LaneMetrics {
     delivered: IntCounter,
-    /// By status class: 2xx, 3xx, 4xx, 5xx, error (others are looked up).
+    /// By status class, in [`AttemptOutcome::CLASSES`] order (others are looked up).
     attempts: [IntCounter; 5],
     attempt_duration: Histogram,
     endpoint_failing: IntGauge,
 }
 
-const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
-
 impl LaneMetrics {
     fn new(metrics: &Metrics, org: &str) -> Self {
         LaneMetrics {
             delivered: metrics.deliveries.with_label_values(&[org, "delivered"]),
-            attempts: CLASSES
+            attempts: AttemptOutcome::CLASSES
                 .map(|class| metrics.delivery_attempts.with_label_values(&[org, class])),
             attempt_duration: metrics.attempt_duration.with_label_values(&[org]),
             endpoint_failing: metrics.endpoint_failing.with_label_values(&[org]),
@@ -533,7 +533,7 @@ async fn attempt(
     let metrics = &shared.cx.metrics;
     let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
     let class = attempt.outcome.status_class();
-    match CLASSES.iter().position(|c| *c == class) {
+    match AttemptOutcome::CLASSES.iter().position(|c| *c == class) {
         Some(i) => lane.metrics.attempts[i].inc(),
         None => metrics
             .delivery_attempts

@@ -1,5 +1,6 @@
-//! librdkafka client configuration shared by the consumer and the producers, and the offset
-//! look-up by time that `replay` and `resend` share.
+//! librdkafka client configuration shared by the consumer and the producers, the offset
+//! look-up by time that `replay` and `resend` share, and the committed-offset look-up of the
+//! input consumer and the retry reader.
 //!
 //! Guarantee: every client gets the operator's pass-through properties (so SASL/SSL to a managed
 //! cluster work the same everywhere), with secret properties applied last and never logged.
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use secrecy::ExposeSecret;
 
@@ -32,6 +33,38 @@ pub fn client_config(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> Client
         config.set(key, value.expose_secret());
     }
     config
+}
+
+/// The committed offset of each of `partitions` of `topic` in the consumer's group (`None`: none
+/// committed, or the look-up failed: `Err` says why, once for all).
+pub fn committed_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> (Vec<(i32, Option<i64>)>, Option<rdkafka::error::KafkaError>) {
+    let mut wanted = TopicPartitionList::new();
+    for &p in partitions {
+        let _ = wanted.add_partition_offset(topic, p, Offset::Invalid);
+    }
+    let (committed, error) = match consumer.committed_offsets(wanted, timeout) {
+        Ok(list) => (Some(list), None),
+        Err(error) => (None, Some(error)),
+    };
+    let offsets = partitions
+        .iter()
+        .map(|&p| {
+            let offset = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(topic, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            (p, offset)
+        })
+        .collect();
+    (offsets, error)
 }
 
 /// Per partition, the offset of the first record at or after `time` (`None`: no such record).

@@ -72,6 +72,14 @@ pub fn bootstrap() -> String {
         .to_owned()
 }
 
+/// An admin client on `bootstrap`, for the runs' topics.
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap()
+}
+
 /// The topics and group of one run.
 pub struct Topics {
     pub input: String,
@@ -281,8 +289,26 @@ pub struct Receiver {
     pub bodies: Option<Mutex<Vec<(u8, Bytes)>>>,
 }
 
+impl Receiver {
+    /// A receiver where organizations 0..`outage` answer 503; `samples` reserves room for that
+    /// many latency samples (0: latency not measured); `bodies` keeps that many bodies.
+    pub fn new(outage: usize, samples: usize, bodies: Option<usize>) -> Arc<Receiver> {
+        Arc::new(Receiver {
+            outage,
+            measure_latency: samples > 0,
+            epoch: Instant::now(),
+            delivered: AtomicU64::new(0),
+            down_requests: AtomicU64::new(0),
+            first: Mutex::new(None),
+            samples: Mutex::new(Vec::with_capacity(samples)),
+            unparsable: AtomicU64::new(0),
+            bodies: bodies.map(|n| Mutex::new(Vec::with_capacity(n))),
+        })
+    }
+}
+
 #[derive(serde::Deserialize)]
-pub struct Body<'a> {
+struct Body<'a> {
     #[serde(borrow)]
     created_at: std::borrow::Cow<'a, str>,
 }
@@ -382,17 +408,7 @@ pub async fn run_burst(
     let record_bytes = record(0, USERS, occurred_at).1.len();
     println!("pipeline: produced {n} records (~{record_bytes} bytes each) in {produce_s:.1} s");
 
-    let receiver = Arc::new(Receiver {
-        outage: 0,
-        measure_latency: false,
-        epoch: Instant::now(),
-        delivered: AtomicU64::new(0),
-        down_requests: AtomicU64::new(0),
-        first: Mutex::new(None),
-        samples: Mutex::new(Vec::new()),
-        unparsable: AtomicU64::new(0),
-        bodies: keep_bodies.then(|| Mutex::new(Vec::with_capacity(n))),
-    });
+    let receiver = Receiver::new(0, 0, keep_bodies.then_some(n));
     let addr = start_receiver(receiver.clone()).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -585,19 +601,9 @@ pub async fn run_sustained(
         }
     );
 
-    let epoch = Instant::now();
+    let receiver = Receiver::new(outage, healthy_total + 1024, None);
+    let epoch = receiver.epoch;
     let ms = |at: Instant| at.duration_since(epoch).as_secs_f64() * 1000.0;
-    let receiver = Arc::new(Receiver {
-        outage,
-        measure_latency: true,
-        epoch,
-        delivered: AtomicU64::new(0),
-        down_requests: AtomicU64::new(0),
-        first: Mutex::new(None),
-        samples: Mutex::new(Vec::with_capacity(healthy_total + 1024)),
-        unparsable: AtomicU64::new(0),
-        bodies: None,
-    });
     let addr = start_receiver(receiver.clone()).await;
 
     // /metrics on a port fixed before the start (free a moment ago).

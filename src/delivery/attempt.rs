@@ -106,6 +106,10 @@ impl AttemptError {
 impl AttemptOutcome {
     /// Low-cardinality metric label: `"1xx"` … `"5xx"`, `"other"` for codes outside 100–599,
     /// `"error"` when no status was received.
+    /// The status classes of the metrics, created at zero for every organization; `1xx` and
+    /// `other` (never expected from a webhook endpoint) appear only when met.
+    pub const CLASSES: [&'static str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
     pub fn status_class(&self) -> &'static str {
         match self {
             AttemptOutcome::Status { code, .. } => match code / 100 {

@@ -278,27 +278,16 @@ impl IngestContext {
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
     ) -> Vec<(i32, Option<i64>)> {
-        let mut wanted = TopicPartitionList::new();
-        for &p in partitions {
-            let _ = wanted.add_partition_offset(&self.topic, p, Offset::Invalid);
+        let (committed, error) = crate::kafka::committed_offsets(
+            consumer,
+            &self.topic,
+            partitions,
+            Duration::from_secs(5),
+        );
+        if let Some(error) = error {
+            warn!(%error, "cannot read the group's committed offsets");
         }
-        let committed = consumer
-            .committed_offsets(wanted, Duration::from_secs(5))
-            .map_err(|error| warn!(%error, "cannot read the group's committed offsets"))
-            .ok();
-        partitions
-            .iter()
-            .map(|&p| {
-                let offset = committed
-                    .as_ref()
-                    .and_then(|c| c.find_partition(&self.topic, p))
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-                (p, offset)
-            })
-            .collect()
+        committed
     }
 
     /// Sets the start offset of each newly assigned partition whose marker still applies.

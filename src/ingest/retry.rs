@@ -231,28 +231,18 @@ impl RetryReader {
 
     /// Where to read each retry partition from: its committed position, or its beginning.
     fn committed(&self, partitions: &[i32]) -> Vec<(i32, Offset)> {
-        let wanted = self.list(
-            &partitions
-                .iter()
-                .map(|&p| (p, Offset::Invalid))
-                .collect::<Vec<_>>(),
+        let (committed, error) = crate::kafka::committed_offsets(
+            &self.consumer,
+            &self.topic,
+            partitions,
+            REQUEST_TIMEOUT,
         );
-        let committed = self
-            .consumer
-            .committed_offsets(wanted, REQUEST_TIMEOUT)
-            .map_err(|error| warn!(%error, "cannot read the retry reader's committed positions; reading from the beginning"))
-            .ok();
-        partitions
-            .iter()
-            .map(|&p| {
-                let offset = committed
-                    .as_ref()
-                    .and_then(|c| c.find_partition(&self.topic, p))
-                    .map(|e| e.offset())
-                    .filter(|o| matches!(o, Offset::Offset(_)))
-                    .unwrap_or(Offset::Beginning);
-                (p, offset)
-            })
+        if let Some(error) = error {
+            warn!(%error, "cannot read the retry reader's committed positions; reading from the beginning");
+        }
+        committed
+            .into_iter()
+            .map(|(p, offset)| (p, offset.map_or(Offset::Beginning, Offset::Offset)))
             .collect()
     }
 

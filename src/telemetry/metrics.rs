@@ -185,7 +185,7 @@ impl Metrics {
             for outcome in ["delivered", "dead_lettered"] {
                 self.deliveries.with_label_values(&[org, outcome]);
             }
-            for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
+            for class in crate::delivery::AttemptOutcome::CLASSES {
                 self.delivery_attempts.with_label_values(&[org, class]);
             }
             for result in ["success", "failure"] {
