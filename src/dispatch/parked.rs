@@ -80,12 +80,7 @@ fn resume(shared: &Arc<Shared>, partition: i32, key: Vec<u8>, next: Next) {
             }
             Err(_) => return,
         };
-        let head = ParkedHead {
-            organization_id: parked.organization_id.clone(),
-            source_offset: next.source_offset,
-            due_at: parked.due_at,
-            parked_at_ms: parked.parked_at.timestamp_millis(),
-        };
+        let head = parked.head();
         Box::pin(take_turn(shared, ticket, key, head, Some(Box::new(parked)))).await;
     });
 }

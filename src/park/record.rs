@@ -238,6 +238,16 @@ impl Parked {
         ]
     }
 
+    /// What its headers say of it, read from the record itself.
+    pub fn head(&self) -> ParkedHead {
+        ParkedHead {
+            organization_id: self.organization_id.clone(),
+            source_offset: self.source.offset,
+            due_at: self.due_at,
+            parked_at_ms: self.parked_at.timestamp_millis(),
+        }
+    }
+
     /// Retries already made: every attempt after the first.
     pub fn retries_done(&self) -> usize {
         self.attempts.len().saturating_sub(1)
