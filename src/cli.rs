@@ -48,6 +48,9 @@ pub enum Command {
     /// Deliver one organization's webhooks of a time range again, read from the input topic
     /// (no consumer group, nothing committed, no other organization touched).
     Resend(crate::ops::resend::ResendArgs),
+    /// The organization registry: put, get, list or delete an organization (through the
+    /// registry topic; the running service applies each change within seconds).
+    Organizations(crate::ops::organizations::OrganizationsArgs),
 }
 
 #[derive(Debug, Args)]

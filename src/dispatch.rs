@@ -25,9 +25,9 @@
 //!
 //! Input events are handled here; parked events read back, in [`parked`].
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::Utc;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -46,6 +46,7 @@ use crate::delivery::{
 };
 use crate::delivery::{Permit, Permits};
 use crate::park::{Fetcher, ParkReason, Parked, Parking};
+use crate::registry::{self, Known, Registry};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
 use crate::work::{Progress, Ticket, Work};
@@ -88,23 +89,41 @@ pub struct Parts {
 
 /// Everything the lanes share.
 struct Shared {
-    /// One lane per configured organization.
-    lanes: HashMap<String, Arc<Lane>>,
+    /// One lane per organization with an endpoint, changed live by the registry.
+    lanes: RwLock<HashMap<String, Arc<Lane>>>,
     deliverer: Deliverer,
     cx: Parts,
-    /// Each organization's endpoint URL, for dead letters written outside a lane.
-    urls: HashMap<String, reqwest::Url>,
+    registry: Arc<Registry>,
     global: Permits,
     max_pending_per_organization: usize,
 }
 
 struct Lane {
-    target: Target,
-    metrics: LaneMetrics,
+    /// The endpoint as configured now: an attempt takes it when it starts, so a change applies
+    /// from the next attempt.
+    current: RwLock<Arc<Current>>,
+    /// When the organization was registered (ms; [`registry::ALWAYS`] for the file's).
+    registered_at: AtomicI64,
+    /// Removed from the registry: its queued events are skipped.
+    removed: AtomicBool,
     state: Mutex<LaneState>,
     /// The endpoint's last attempt failed: the lane takes no more than `concurrency` events.
     failing: AtomicBool,
-    concurrency: usize,
+}
+
+/// A lane's endpoint and metric handles, replaced as one when the organization changes.
+struct Current {
+    target: Target,
+    metrics: LaneMetrics,
+}
+
+impl Lane {
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// An organization's metric handles on the delivery path, resolved once: a label look-up
@@ -119,6 +138,7 @@ struct LaneMetrics {
 
 impl LaneMetrics {
     fn new(metrics: &Metrics, org: &str) -> Self {
+        let org = metrics.label(org);
         LaneMetrics {
             delivered: metrics.deliveries.with_label_values(&[org, "delivered"]),
             attempts: AttemptOutcome::CLASSES
@@ -150,90 +170,169 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(settings: &Settings, deliverer: Deliverer, cx: Parts) -> Self {
-        let lanes = settings
-            .organizations
-            .iter()
-            .map(|(id, org)| {
-                let lane = Lane {
-                    target: Target::new(&deliverer, id, org),
-                    metrics: LaneMetrics::new(&cx.metrics, id),
-                    state: Mutex::new(LaneState::default()),
-                    failing: AtomicBool::new(false),
-                    concurrency: org.concurrency,
-                };
-                (id.clone(), Arc::new(lane))
-            })
-            .collect();
-        let urls = settings
-            .organizations
-            .iter()
-            .map(|(id, org)| (id.clone(), org.url.clone()))
-            .collect();
-        Dispatcher {
-            shared: Arc::new(Shared {
-                lanes,
-                deliverer,
-                cx,
-                urls,
-                global: Permits::new(settings.delivery.max_in_flight_requests),
-                max_pending_per_organization: settings.delivery.max_pending_per_organization,
-            }),
+    pub fn new(
+        settings: &Settings,
+        deliverer: Deliverer,
+        registry: Arc<Registry>,
+        cx: Parts,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            lanes: RwLock::new(HashMap::new()),
+            deliverer,
+            cx,
+            registry,
+            global: Permits::new(settings.delivery.max_in_flight_requests),
+            max_pending_per_organization: settings.delivery.max_pending_per_organization,
+        });
+        for (id, org) in &settings.organizations {
+            shared.apply(
+                id,
+                Some(registry::Live {
+                    settings: Arc::new(org.clone()),
+                    registered_at: registry::ALWAYS,
+                }),
+            );
         }
+        Dispatcher { shared }
+    }
+
+    /// How the registry changes the lanes: see [`Shared::apply`].
+    pub fn organizations(&self) -> registry::Apply {
+        let shared = self.shared.clone();
+        Arc::new(move |id, live| shared.apply(id, live))
     }
 
     /// Each organization's OAuth token source, for the token-fetch metrics.
-    pub fn token_sources(&self) -> Vec<(String, Arc<TokenSource>)> {
-        self.shared
-            .lanes
-            .iter()
-            .filter_map(|(org, lane)| {
-                Some((org.clone(), lane.target.endpoint.token_source()?.clone()))
-            })
-            .collect()
+    pub fn token_sources(&self) -> Arc<dyn Fn() -> Vec<(String, Arc<TokenSource>)> + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            shared
+                .read_lanes()
+                .iter()
+                .filter_map(|(org, lane)| {
+                    let current = lane.current();
+                    let label = shared.cx.metrics.label(org);
+                    (label == org.as_str())
+                        .then(|| Some((org.clone(), current.target.endpoint.token_source()?.clone())))
+                        .flatten()
+                })
+                .collect()
+        })
     }
 
     /// Takes work until the consumer closes the channel. Never waits on a delivery: lanes run
-    /// on their own tasks.
+    /// on their own tasks. Events whose organization is unknown here wait until the registry
+    /// is known complete up to their record's time (see [`crate::registry`]), in order per
+    /// organization; those whose partition leaves meanwhile are released.
     pub async fn run(self, mut work: mpsc::Receiver<Work>) {
-        while let Some(item) = work.recv().await {
-            self.dispatch(item);
+        let mut complete = self.shared.registry.watch_complete();
+        let mut waiting = Waiting::default();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                item = work.recv() => match item {
+                    Some(item) => self.dispatch(item, &mut waiting),
+                    None => break,
+                },
+                _ = complete.changed(), if waiting.count > 0 => self.recheck(&mut waiting),
+                _ = tick.tick(), if waiting.count > 0 => self.recheck(&mut waiting),
+            }
+            self.shared
+                .cx
+                .metrics
+                .events_waiting_for_registry
+                .set(i64::try_from(waiting.count).unwrap_or(i64::MAX));
         }
+        for held in waiting.by_organization.into_values().flatten() {
+            self.shared.cx.progress.release(&held.ticket);
+        }
+        self.shared.cx.metrics.events_waiting_for_registry.set(0);
     }
 
-    /// The lane of an event, or why it has none (counted).
-    fn lane_for(&self, event: &WebhookEvent) -> Option<Arc<Lane>> {
+    /// The lane of an event, why it has none (counted), or that it must wait for the registry.
+    fn lane_for(&self, event: &WebhookEvent, at: i64) -> Route {
         let metrics = &self.shared.cx.metrics;
-        match self.shared.lanes.get(&event.organization_id) {
-            Some(lane)
-                if lane
-                    .target
-                    .endpoint
-                    .settings
-                    .accepts(event.event_type, &event.regulation) =>
-            {
-                Some(lane.clone())
-            }
-            Some(_) => {
-                metrics
-                    .events_skipped
-                    .with_label_values(&["filtered"])
-                    .inc();
-                debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
-                None
-            }
-            None => {
+        let lane = self.shared.lane(&event.organization_id);
+        let since = lane.as_ref().map(|l| l.registered_at.load(Ordering::Relaxed));
+        match self.shared.registry.known(since, at) {
+            Known::NotYet => return Route::Wait,
+            Known::No => {
                 metrics
                     .events_skipped
                     .with_label_values(&["no_endpoint"])
                     .inc();
-                debug!(organization_id = %event.organization_id, "no endpoint configured; skipped");
-                None
+                debug!(organization_id = %event.organization_id, "no endpoint for the organization at the record's time; skipped");
+                return Route::Skip;
             }
+            Known::Yes => {}
+        }
+        let lane = lane.expect("known organizations have a lane");
+        if lane
+            .current()
+            .target
+            .endpoint
+            .settings
+            .accepts(event.event_type, &event.regulation)
+        {
+            Route::Lane(lane)
+        } else {
+            metrics
+                .events_skipped
+                .with_label_values(&["filtered"])
+                .inc();
+            debug!(event_id = %event.id, "filtered out by the endpoint's type or regulation filter");
+            Route::Skip
         }
     }
 
-    fn dispatch(&self, work: Work) {
+    /// Events waiting for the registry, again: in order per organization, up to the first that
+    /// must still wait; released when their partition leaves.
+    fn recheck(&self, waiting: &mut Waiting) {
+        let mut emptied = Vec::new();
+        for (org, queue) in waiting.by_organization.iter_mut() {
+            while let Some(held) = queue.front() {
+                if held.ticket.leave.is_cancelled() {
+                    let held = queue.pop_front().expect("front");
+                    self.shared.cx.progress.release(&held.ticket);
+                    waiting.count -= 1;
+                    continue;
+                }
+                match self.lane_for(&held.event, held.at) {
+                    Route::Wait => break,
+                    route => {
+                        let held = queue.pop_front().expect("front");
+                        waiting.count -= 1;
+                        self.route(route, held);
+                    }
+                }
+            }
+            if queue.is_empty() {
+                emptied.push(org.clone());
+            }
+        }
+        for org in emptied {
+            waiting.by_organization.remove(&org);
+        }
+    }
+
+    fn route(&self, route: Route, held: Held) {
+        match route {
+            Route::Lane(lane) => {
+                // Without a key there is no order to keep: every record is its own key.
+                let key = held.key.unwrap_or_else(|| keyless(&held.source));
+                let job = Job {
+                    ticket: held.ticket,
+                    event: held.event,
+                    source: held.source,
+                    lane_full: false,
+                };
+                submit(lane, self.shared.clone(), key, job);
+            }
+            Route::Skip | Route::Wait => self.shared.cx.progress.complete(&held.ticket),
+        }
+    }
+
+    fn dispatch(&self, work: Work, waiting: &mut Waiting) {
         let shared = &self.shared;
         match work {
             Work::Reject {
@@ -265,20 +364,32 @@ impl Dispatcher {
                 key,
                 event,
                 source,
+                at,
             } => {
-                let Some(lane) = self.lane_for(&event) else {
-                    shared.cx.progress.complete(&ticket);
-                    return;
-                };
-                // Without a key there is no order to keep: every record is its own key.
-                let key = key.unwrap_or_else(|| keyless(&source));
-                let job = Job {
+                let held = Held {
                     ticket,
+                    key,
                     event,
                     source,
-                    lane_full: false,
+                    at,
                 };
-                submit(lane, shared.clone(), key, job);
+                // Behind an earlier event of its organization that waits: in order, after it.
+                if let Some(queue) = waiting.by_organization.get_mut(&held.event.organization_id) {
+                    queue.push_back(held);
+                    waiting.count += 1;
+                    return;
+                }
+                match self.lane_for(&held.event, held.at) {
+                    Route::Wait => {
+                        waiting
+                            .by_organization
+                            .entry(held.event.organization_id.clone())
+                            .or_default()
+                            .push_back(held);
+                        waiting.count += 1;
+                    }
+                    route => self.route(route, held),
+                }
             }
             Work::Parked {
                 ticket,
@@ -290,9 +401,96 @@ impl Dispatcher {
     }
 }
 
+/// Where an input event goes.
+enum Route {
+    Lane(Arc<Lane>),
+    Skip,
+    /// Its organization is unknown here and the registry is not known complete up to its
+    /// record's time yet.
+    Wait,
+}
+
+/// An input event not routed yet.
+struct Held {
+    ticket: Ticket,
+    key: Option<Vec<u8>>,
+    event: WebhookEvent,
+    source: SourceRef,
+    /// Its record's time (ms).
+    at: i64,
+}
+
+/// Events waiting for the registry, per organization, in arrival order.
+#[derive(Default)]
+struct Waiting {
+    by_organization: HashMap<String, VecDeque<Held>>,
+    count: usize,
+}
+
 impl Shared {
     fn url_of(&self, organization_id: &str) -> Option<reqwest::Url> {
-        self.urls.get(organization_id).cloned()
+        self.lane(organization_id)
+            .map(|lane| lane.current().target.endpoint.settings.url.clone())
+    }
+
+    fn read_lanes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Lane>>> {
+        self.lanes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lane of an organization with an endpoint now.
+    fn lane(&self, organization_id: &str) -> Option<Arc<Lane>> {
+        self.read_lanes().get(organization_id).cloned()
+    }
+
+    /// Adds, changes (from its next attempt) or removes an organization's lane. A changed lane
+    /// keeps its queues, its permits (when its concurrency is the same) and its events in
+    /// flight; a removed one skips what it still holds.
+    fn apply(&self, id: &str, live: Option<registry::Live>) {
+        let metrics = &self.cx.metrics;
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        let Some(live) = live else {
+            if let Some(lane) = lanes.remove(id) {
+                lane.removed.store(true, Ordering::SeqCst);
+                metrics.label_organization(id, false);
+                info!(organization_id = id, "endpoint removed");
+            }
+            return;
+        };
+        let labelled = live
+            .settings
+            .metrics_label
+            .unwrap_or(live.registered_at == registry::ALWAYS);
+        metrics.label_organization(id, labelled);
+        let mut target = Target::new(&self.deliverer, id, &live.settings);
+        match lanes.get(id) {
+            Some(lane) => {
+                let mut current = lane.current.write().unwrap_or_else(|p| p.into_inner());
+                if current.target.endpoint.settings.concurrency == live.settings.concurrency {
+                    target.concurrency = current.target.concurrency.clone();
+                }
+                *current = Arc::new(Current {
+                    target,
+                    metrics: LaneMetrics::new(metrics, id),
+                });
+                lane.registered_at
+                    .store(live.registered_at, Ordering::SeqCst);
+                debug!(organization_id = id, "endpoint changed: applies from the next attempt");
+            }
+            None => {
+                let lane = Lane {
+                    current: RwLock::new(Arc::new(Current {
+                        target,
+                        metrics: LaneMetrics::new(metrics, id),
+                    })),
+                    registered_at: AtomicI64::new(live.registered_at),
+                    removed: AtomicBool::new(false),
+                    state: Mutex::new(LaneState::default()),
+                    failing: AtomicBool::new(false),
+                };
+                lanes.insert(id.to_owned(), Arc::new(lane));
+                debug!(organization_id = id, "endpoint added");
+            }
+        }
     }
 }
 
@@ -317,7 +515,8 @@ fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, mut job: Job) {
     // soon as it parks); a new key of a full lane is parked at once.
     if !running {
         let limit = if lane.failing.load(Ordering::Relaxed) {
-            lane.concurrency.min(shared.max_pending_per_organization)
+            let concurrency = lane.current().target.endpoint.settings.concurrency;
+            concurrency.min(shared.max_pending_per_organization)
         } else {
             shared.max_pending_per_organization
         };
@@ -364,6 +563,10 @@ async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job)
 async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> Outcome {
     let parking = &shared.cx.parking;
     let (partition, offset) = (job.source.partition, job.source.offset);
+    if lane.removed.load(Ordering::SeqCst) {
+        debug!("the organization was removed");
+        return Outcome::Skipped;
+    }
     if parking.contains(partition, key, offset) {
         // Read again after a revoke or restart: its parked record carries it already.
         debug!("already parked");
@@ -391,24 +594,25 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
         )
         .await;
     }
+    let current = lane.current();
     let permits = tokio::select! {
-        permits = lane.target.permits(&shared.global, Priority::First) => permits.1,
+        permits = current.target.permits(&shared.global, Priority::First) => permits.1,
         _ = job.ticket.leave.cancelled() => {
             let reason = leaving(shared);
             return park(shared, key, parked(reason, vec![], None, Utc::now()), reason, &job.ticket).await;
         }
     };
     let attempt = tokio::select! {
-        attempt = attempt(lane, shared, &job.event, permits) => attempt,
+        attempt = attempt(lane, &current, shared, &job.event, permits) => attempt,
         _ = job.ticket.cancel.cancelled() => return Outcome::Abandoned,
     };
-    let decision = lane.target.decide(&attempt, 0, None);
+    let decision = current.target.decide(&attempt, 0, None);
     debug!(outcome = %attempt.outcome.code(), "first attempt");
     let first = Some(attempt.at);
     let attempts = vec![AttemptRecord::from(&attempt)];
     match decision {
         Decision::Delivered => {
-            delivered(lane, shared, &job.event, 1);
+            delivered(&current, shared, &job.event, 1);
             Outcome::Delivered
         }
         Decision::RetryAfter(wait) => {
@@ -420,7 +624,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
         Decision::GiveUp(reason) => {
             let record = DeadLetter::with_records(
                 &job.event,
-                Some(&lane.target.endpoint.settings.url),
+                Some(&current.target.endpoint.settings.url),
                 reason.into(),
                 attempts,
                 job.source.clone(),
@@ -430,9 +634,9 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
     }
 }
 
-fn delivered(lane: &Lane, shared: &Shared, event: &WebhookEvent, attempts: usize) {
+fn delivered(current: &Current, shared: &Shared, event: &WebhookEvent, attempts: usize) {
     debug!(attempts, "delivered");
-    lane.metrics.delivered.inc();
+    current.metrics.delivered.inc();
     let latency = (Utc::now() - event.occurred_at)
         .to_std()
         .unwrap_or_default();
@@ -448,7 +652,7 @@ fn scheduled(shared: &Shared, event: &WebhookEvent) {
         .cx
         .metrics
         .retries_scheduled
-        .with_label_values(&[&event.organization_id])
+        .with_label_values(&[shared.cx.metrics.label(&event.organization_id)])
         .inc();
 }
 
@@ -511,7 +715,10 @@ async fn park(
         .cx
         .metrics
         .parks
-        .with_label_values(&[&parked.organization_id, reason.code()])
+        .with_label_values(&[
+            shared.cx.metrics.label(&parked.organization_id),
+            reason.code(),
+        ])
         .inc();
     debug!(
         reason = reason.code(),
@@ -526,27 +733,30 @@ async fn park(
 /// One attempt, holding the endpoint's and the global permit while it runs.
 async fn attempt(
     lane: &Lane,
+    current: &Current,
     shared: &Shared,
     event: &WebhookEvent,
     _permits: [Permit; 2],
 ) -> Attempt {
     let metrics = &shared.cx.metrics;
-    let attempt = request(metrics, &shared.deliverer, &lane.target, event).await;
+    let attempt = request(metrics, &shared.deliverer, &current.target, event).await;
     let class = attempt.outcome.status_class();
+    let label = metrics.label(&event.organization_id);
     match AttemptOutcome::CLASSES.iter().position(|c| *c == class) {
-        Some(i) => lane.metrics.attempts[i].inc(),
+        Some(i) => current.metrics.attempts[i].inc(),
         None => metrics
             .delivery_attempts
-            .with_label_values(&[&event.organization_id, class])
+            .with_label_values(&[label, class])
             .inc(),
     }
-    lane.metrics
+    current
+        .metrics
         .attempt_duration
         .observe(attempt.duration.as_secs_f64());
     let failing = class != "2xx";
     lane.failing.store(failing, Ordering::Relaxed);
-    lane.metrics.endpoint_failing.set(i64::from(failing));
-    let org = [event.organization_id.as_str()];
+    current.metrics.endpoint_failing.set(i64::from(failing));
+    let org = [label];
     if attempt.reauthorized {
         metrics.oauth_reauthorizations.with_label_values(&org).inc();
     }
@@ -600,8 +810,8 @@ async fn dead_letter(
     .await
     {
         Ok(()) => {
-            let org = event.organization_id.as_str();
             let metrics = &shared.cx.metrics;
+            let org = metrics.label(&event.organization_id);
             metrics
                 .deliveries
                 .with_label_values(&[org, "dead_lettered"])

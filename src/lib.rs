@@ -7,6 +7,7 @@
 //! storage). [`work`] is what ingest and dispatch exchange; [`pipeline`] wires them with one
 //! shutdown path.
 
+pub mod admin;
 pub mod change;
 pub mod cli;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod park;
 pub mod pipeline;
 pub mod rawjson;
+pub mod registry;
 pub mod signals;
 pub mod telemetry;
 pub mod webhook;

@@ -31,6 +31,10 @@ fn main() -> anyhow::Result<ExitCode> {
             telemetry::init_logging(cli.log_format);
             ops::resend::run(args)
         }
+        Command::Organizations(args) => {
+            telemetry::init_logging(cli.log_format);
+            ops::organizations::run(args)
+        }
         Command::Run(args) => {
             telemetry::init_logging(cli.log_format);
             run(args)

@@ -26,6 +26,7 @@ use crate::delivery::{Deliverer, TokenSource};
 use crate::dispatch::{Dispatcher, Parts};
 use crate::ingest::{Ingest, IngestState, RetryReader};
 use crate::park::{Fetcher, Parking};
+use crate::registry::{caught_up, Follower, Registry, Writer};
 use crate::telemetry::{health, Metrics};
 use crate::work::Progress;
 
@@ -43,9 +44,18 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let retry_progress = Arc::new(Progress::new(abandon.clone()));
     let parking = Arc::new(Parking::default());
     let state = Arc::new(IngestState::default());
+    let started_at = chrono::Utc::now().timestamp_millis();
     let metrics = Arc::new(Metrics::new(
-        settings.organizations.keys().map(String::as_str),
+        settings
+            .organizations
+            .iter()
+            .filter(|(_, org)| org.metrics_label != Some(false))
+            .map(|(id, _)| id.as_str()),
     ));
+    let registry = Registry::new(&settings);
+    if let Some(registry) = &settings.registry {
+        crate::registry::check_topic(&settings.kafka, &registry.topic).await?;
+    }
     let producers = Producers::new(&settings.kafka)
         .context("creating the Kafka producer")?
         .with_metrics(&metrics);
@@ -70,7 +80,8 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let tasks = TaskTracker::new();
     let dispatcher = Dispatcher::new(
         &settings,
-        deliverer,
+        deliverer.clone(),
+        registry.clone(),
         Parts {
             producers: producers.clone(),
             progress,
@@ -84,7 +95,20 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
             metrics: metrics.clone(),
         },
     );
-    let refresh = scrape_metrics(dispatcher.token_sources(), parking, metrics.clone());
+    let follow_stop = CancellationToken::new();
+    let follower = Follower::start(
+        registry.clone(),
+        &settings.kafka,
+        dispatcher.organizations(),
+        metrics.clone(),
+        follow_stop.clone(),
+    )?;
+    let refresh = scrape_metrics(
+        dispatcher.token_sources(),
+        parking,
+        registry.clone(),
+        metrics.clone(),
+    );
     let server_stop = CancellationToken::new();
     let address = health::serve(
         settings.server.listen,
@@ -101,6 +125,17 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         )
     })?;
     info!(%address, "serving /metrics, /healthz and /readyz");
+    if let Some(admin) = &settings.admin {
+        let writer = Writer::new(&settings.kafka, registry.clone())?;
+        let address = crate::admin::serve(
+            admin,
+            crate::admin::Admin::new(registry.clone(), writer, deliverer.clone()),
+            server_stop.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the admin API on {}", admin.listen))?;
+        info!(%address, "serving the admin API");
+    }
 
     tokio::spawn(stop_on_fatal(
         producers.clone(),
@@ -109,12 +144,19 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     ));
 
     let (work_tx, work_rx) = mpsc::channel(WORK_CHANNEL_CAPACITY);
-    let consumer = {
+    // The registry first: input waits until every organization registered before the start
+    // is known here.
+    let consumer = if !registry.enabled() || caught_up(&registry, started_at, &stop).await {
         let (stop, abandon) = (stop.clone(), abandon.clone());
-        std::thread::Builder::new()
-            .name("kafka-consumer".into())
-            .spawn(move || ingest.run(work_tx, stop, abandon))
-            .context("starting the consumer thread")?
+        Some(
+            std::thread::Builder::new()
+                .name("kafka-consumer".into())
+                .spawn(move || ingest.run(work_tx, stop, abandon))
+                .context("starting the consumer thread")?,
+        )
+    } else {
+        drop(work_tx);
+        None
     };
     info!(
         topic = %settings.kafka.input_topic,
@@ -125,10 +167,14 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
 
     dispatcher.run(work_rx).await;
     // The consumer closed the channel: it is draining or done. Wait for it, off the runtime.
-    tokio::task::spawn_blocking(move || consumer.join())
-        .await
-        .context("joining the consumer thread")?
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    if let Some(consumer) = consumer {
+        tokio::task::spawn_blocking(move || consumer.join())
+            .await
+            .context("joining the consumer thread")?
+            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    }
+    follow_stop.cancel();
+    tokio::task::spawn_blocking(move || follower.join()).await.ok();
     abandon.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
@@ -237,11 +283,21 @@ async fn check_topics(producers: &Producers, settings: &Settings) -> anyhow::Res
 
 /// At scrape: the parked backlog, and the OAuth token counters (kept by each token source).
 fn scrape_metrics(
-    sources: Vec<(String, Arc<TokenSource>)>,
+    sources: Arc<dyn Fn() -> Vec<(String, Arc<TokenSource>)> + Send + Sync>,
     parking: Arc<Parking>,
+    registry: Arc<Registry>,
     metrics: Arc<Metrics>,
 ) -> Arc<dyn Fn() + Send + Sync> {
     Arc::new(move || {
+        if registry.enabled() {
+            let complete = registry.complete_until();
+            let age = if complete == i64::MIN {
+                f64::INFINITY
+            } else {
+                (chrono::Utc::now().timestamp_millis() - complete).max(0) as f64 / 1000.0
+            };
+            metrics.registry_view_age.set(age);
+        }
         let (parked, oldest) = parking.backlog();
         metrics
             .parked_events
@@ -250,7 +306,7 @@ fn scrape_metrics(
             (chrono::Utc::now().timestamp_millis() - since).max(0) / 1000
         });
         metrics.parked_oldest_age.set(age);
-        for (org, source) in &sources {
+        for (org, source) in &sources() {
             let failures = source.failures();
             let successes = source.fetches().saturating_sub(failures);
             for (result, total) in [("success", successes), ("failure", failures)] {

@@ -127,6 +127,11 @@ impl fmt::Debug for SigningKey {
 pub struct InvalidSigningKey(String);
 
 impl SigningKey {
+    /// The key itself (to tell whether a secret changed; never to be shown).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn parse(secret: &str) -> Result<Self, InvalidSigningKey> {
         let encoded = secret
             .trim()

@@ -20,6 +20,7 @@ fn env(name: &str) -> Option<String> {
         "ACME_OAUTH_CLIENT_SECRET" => Some(CLIENT_SECRET.into()),
         "KAFKA_SASL_PASSWORD" => Some(SASL_PASSWORD.into()),
         "ACME_API_KEY" => Some(API_KEY.into()),
+        "CONSENT_WEBHOOKS_ADMIN_TOKEN" => Some("example-admin-token-2Lp7".into()),
         _ => None,
     }
 }
@@ -30,6 +31,12 @@ fn example_config_loads() {
 
     assert_eq!(s.kafka.brokers, "kafka-0.kafka:9092,kafka-1.kafka:9092");
     assert_eq!(s.kafka.input_topic, "consent.changes");
+    let registry = s.registry.as_ref().expect("[registry] enabled");
+    assert_eq!(registry.topic, "consent.webhooks.organizations");
+    assert_eq!(registry.clock_skew, Duration::from_millis(500));
+    let admin = s.admin.as_ref().expect("[admin] listens");
+    assert_eq!(admin.listen.port(), 9465);
+    assert_eq!(s.organizations["acme"].metrics_label, Some(true));
     assert_eq!(s.kafka.properties["security.protocol"], "SASL_SSL");
     assert_eq!(
         s.kafka.secret_properties["sasl.password"].expose_secret(),

@@ -145,6 +145,20 @@ pub fn parse_str(
     parse_str_named(toml, "<string>", base_dir, env, env_vars)
 }
 
+/// One organization's settings from a value shaped like its `[organizations.<id>]` section (a
+/// registry value): the same checks, errors (key path `organizations.<id>.…`, example) and
+/// secret references as the file. Relative secret files resolve against `base_dir`.
+pub fn organization_from_value(
+    id: &str,
+    value: &toml::Value,
+    delivery: &DeliverySettings,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<OrganizationSettings, ConfigError> {
+    let ctx = validate::Ctx { base_dir, env };
+    validate_org::organization_value(id, value, delivery, &ctx)
+}
+
 fn parse_str_named(
     text: &str,
     file: &str,

@@ -62,6 +62,25 @@ pub fn render_redacted(settings: &Settings) -> String {
     section(w, "server");
     line(w, "listen", string(&settings.server.listen.to_string()));
 
+    match &settings.registry {
+        Some(r) => {
+            section(w, "registry");
+            line(w, "enabled", "true".into());
+            line(w, "topic", string(&r.topic));
+            line(w, "clock_skew", duration(r.clock_skew));
+            line(w, "secret_refresh", duration(r.secret_refresh));
+        }
+        None => w.push_str("\n# [registry]: off (organizations from this file only)\n"),
+    }
+    match &settings.admin {
+        Some(a) => {
+            section(w, "admin");
+            line(w, "listen", string(&a.listen.to_string()));
+            line(w, "token", string(REDACTED));
+        }
+        None => w.push_str("# [admin]: off\n"),
+    }
+
     section(w, "rules");
     line(
         w,
@@ -152,6 +171,11 @@ fn organization(w: &mut String, org: &OrganizationSettings) {
         org.allow_private_addresses.to_string(),
     );
     line(w, "concurrency", org.concurrency.to_string());
+    line(
+        w,
+        "metrics_label",
+        org.metrics_label.unwrap_or(true).to_string(),
+    );
 }
 
 fn retry_lines(w: &mut String, retry: &RetrySettings) {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -20,9 +21,52 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub rules: Rules,
     pub server: ServerSettings,
-    /// Organization id → its endpoint. An organization not listed has no endpoint: its events
-    /// are counted and skipped.
+    /// Organization id → its endpoint, from the file. With the registry on, its entries are
+    /// added to these (and win over an entry of the same id). An organization in neither has no
+    /// endpoint: its events are counted and skipped.
     pub organizations: BTreeMap<String, OrganizationSettings>,
+    /// The `[organizations.<id>]` sections as written, so that their secret files can be read
+    /// again when they change (see [`crate::registry`]).
+    pub organization_sources: BTreeMap<String, toml::Value>,
+    /// Where relative secret file paths resolve.
+    pub config_dir: PathBuf,
+    /// The organization registry (a compacted topic), when `[registry] enabled = true`.
+    pub registry: Option<RegistrySettings>,
+    /// The admin API, when `[admin] listen` is set.
+    pub admin: Option<AdminSettings>,
+}
+
+/// `[registry]`: organizations kept in a compacted Kafka topic and followed live.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub topic: String,
+    /// How far this replica's clock may be from the brokers': a record's skip decision waits
+    /// until the registry is known complete up to its time plus this.
+    pub clock_skew: Duration,
+    /// How often secret files named by organizations are read again.
+    pub secret_refresh: Duration,
+}
+
+impl RegistrySettings {
+    pub const DEFAULT_TOPIC: &'static str = "consent.webhooks.organizations";
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            topic: Self::DEFAULT_TOPIC.to_owned(),
+            clock_skew: Duration::from_millis(500),
+            secret_refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[admin]`: the organization API, on its own listener.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry.
+    pub token: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +155,10 @@ pub struct OrganizationSettings {
     pub allow_private_addresses: bool,
     pub concurrency: usize,
     pub retry: RetrySettings,
+    /// Whether this organization's series carry its id in the `organization` label (otherwise
+    /// `_other`). `None`: the default of where it is defined (the file: yes; the registry: no,
+    /// so that thousands of organizations do not make thousands of series each).
+    pub metrics_label: Option<bool>,
 }
 
 #[derive(Debug, Clone)]

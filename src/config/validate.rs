@@ -31,6 +31,20 @@ pub(super) const ROOT_KEYS: Keys = &[
     ("rules", "[rules]"),
     ("delivery", "[delivery]"),
     ("organizations", "[organizations.acme]"),
+    ("registry", "[registry]"),
+    ("admin", "[admin]"),
+];
+
+pub(super) const REGISTRY_KEYS: Keys = &[
+    ("enabled", "enabled = true"),
+    ("topic", r#"topic = "consent.webhooks.organizations""#),
+    ("clock_skew", r#"clock_skew = "500ms""#),
+    ("secret_refresh", r#"secret_refresh = "2s""#),
+];
+
+pub(super) const ADMIN_KEYS: Keys = &[
+    ("listen", r#"listen = "0.0.0.0:9465""#),
+    ("token", r#"token = { env = "CONSENT_WEBHOOKS_ADMIN_TOKEN" }"#),
 ];
 
 pub(super) const KAFKA_KEYS: Keys = &[
@@ -93,13 +107,94 @@ const OWNED_PROPERTIES: [(&str, &str); 2] =
 pub(super) fn settings(root: &Table, ctx: &Ctx<'_>) -> Result<Settings, ConfigError> {
     let root = Node::open(String::new(), root, ROOT_KEYS)?;
     let delivery = delivery(&root.child("delivery", DELIVERY_KEYS)?)?;
+    let kafka = kafka(&root.child("kafka", KAFKA_KEYS)?, ctx)?;
+    let server = server(&root.child("server", SERVER_KEYS)?)?;
+    let registry = registry(&root.child("registry", REGISTRY_KEYS)?, &kafka)?;
+    let admin = admin(&root.child("admin", ADMIN_KEYS)?, ctx, &server)?;
+    if admin.is_some() && registry.is_none() {
+        return Err(invalid(
+            "admin.listen",
+            "the admin API writes to the organization registry: set [registry] enabled = true too",
+            "registry.enabled = true",
+        ));
+    }
+    let organization_sources = root
+        .table("organizations")?
+        .map(|t| t.iter().map(|(id, v)| (id.clone(), v.clone())).collect())
+        .unwrap_or_default();
     Ok(Settings {
-        kafka: kafka(&root.child("kafka", KAFKA_KEYS)?, ctx)?,
+        kafka,
         rules: rules(&root.child("rules", RULES_KEYS)?)?,
-        server: server(&root.child("server", SERVER_KEYS)?)?,
+        server,
         organizations: validate_org::organizations(&root, &delivery, ctx)?,
+        organization_sources,
+        config_dir: ctx.base_dir.to_owned(),
+        registry,
+        admin,
         delivery,
     })
+}
+
+/// `[registry]`: off unless `enabled = true`; its topic differs from the other four.
+fn registry(
+    node: &Node<'_>,
+    kafka: &KafkaSettings,
+) -> Result<Option<RegistrySettings>, ConfigError> {
+    let defaults = RegistrySettings::default();
+    let topic = node
+        .string("topic")?
+        .unwrap_or_else(|| defaults.topic.clone());
+    check_topic(&topic).map_err(|m| node.err("topic", format!("{topic:?} {m}")))?;
+    let others = [
+        &kafka.input_topic,
+        &kafka.dead_letter_topic,
+        &kafka.rejected_topic,
+        &kafka.retry_topic,
+    ];
+    if others.contains(&&topic) {
+        return Err(node.err(
+            "topic",
+            format!("{topic:?} is already one of the [kafka] topics; the registry needs its own"),
+        ));
+    }
+    let settings = RegistrySettings {
+        topic,
+        clock_skew: node.duration("clock_skew", true)?.unwrap_or(defaults.clock_skew),
+        secret_refresh: node
+            .duration("secret_refresh", false)?
+            .unwrap_or(defaults.secret_refresh),
+    };
+    Ok(node.bool_or("enabled", false)?.then_some(settings))
+}
+
+/// `[admin]`: off unless `listen` is set; then a token is required, and the listener differs
+/// from the operations endpoint's.
+fn admin(
+    node: &Node<'_>,
+    ctx: &Ctx<'_>,
+    server: &ServerSettings,
+) -> Result<Option<AdminSettings>, ConfigError> {
+    let Some(text) = node.nonempty_string("listen")? else {
+        if node.get("token").is_some() {
+            return Err(node.err("listen", "a token without a listener: set where the admin API listens"));
+        }
+        return Ok(None);
+    };
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        node.err("listen", format!("{text:?} is not an address:port"))
+    })?;
+    if listen == server.listen && listen.port() != 0 {
+        return Err(node.err(
+            "listen",
+            format!("{listen} is server.listen too; the admin API needs its own listener"),
+        ));
+    }
+    let token = secret::read(node, "token", ctx)?
+        .ok_or_else(|| node.err("token", "required when the admin API listens"))?;
+    Ok(Some(AdminSettings {
+        listen,
+        token: token.value,
+    }))
 }
 
 fn kafka(node: &Node<'_>, ctx: &Ctx<'_>) -> Result<KafkaSettings, ConfigError> {

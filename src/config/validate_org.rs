@@ -40,6 +40,7 @@ pub(super) const ORG_KEYS: Keys = &[
     ("allow_http", "allow_http = false"),
     ("allow_private_addresses", "allow_private_addresses = false"),
     ("concurrency", "concurrency = 16"),
+    ("metrics_label", "metrics_label = true"),
     (
         "retry",
         r#"retry = { schedule = ["10s", "30s", "1m", "2m", "3m", "4m"], budget = "5m" }"#,
@@ -82,6 +83,46 @@ pub const RESERVED_HEADERS: [&str; 8] = [
     "webhook-signature",
 ];
 
+/// One organization from a value shaped like its `[organizations.<id>]` section: what the
+/// registry holds. The same checks, key paths and examples as the file.
+pub(super) fn organization_value(
+    id: &str,
+    value: &Value,
+    delivery: &DeliverySettings,
+    ctx: &Ctx<'_>,
+) -> Result<OrganizationSettings, ConfigError> {
+    let path = join("organizations", id);
+    check_id(id, &path)?;
+    let Value::Table(t) = value else {
+        let found = describe(value);
+        return Err(invalid(
+            &path,
+            format!("expected a table, found {found}"),
+            ORG_EXAMPLE,
+        ));
+    };
+    let node = Node::open(path, t, ORG_KEYS)?;
+    organization(&node, delivery, ctx)
+}
+
+/// An organization id: not blank, at most 200 characters, no control characters or `/` (it is
+/// a Kafka key, a URL path segment and a label value).
+fn check_id(id: &str, path: &str) -> Result<(), ConfigError> {
+    let problem = if id.trim().is_empty() {
+        Some("an organization id must not be empty")
+    } else if id.len() > 200 {
+        Some("an organization id has at most 200 characters")
+    } else if id.chars().any(|c| c.is_control() || c == '/') {
+        Some("an organization id has no control characters and no `/`")
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(invalid(path, message, ORG_EXAMPLE)),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn organizations(
     root: &Node<'_>,
     delivery: &DeliverySettings,
@@ -92,24 +133,10 @@ pub(super) fn organizations(
         return Ok(out);
     };
     for (id, value) in table {
-        let path = join("organizations", id);
-        if id.trim().is_empty() {
-            return Err(invalid(
-                &path,
-                "an organization id must not be empty",
-                ORG_EXAMPLE,
-            ));
-        }
-        let Value::Table(t) = value else {
-            let found = describe(value);
-            return Err(invalid(
-                &path,
-                format!("expected a table, found {found}"),
-                ORG_EXAMPLE,
-            ));
-        };
-        let node = Node::open(path, t, ORG_KEYS)?;
-        out.insert(id.clone(), organization(&node, delivery, ctx)?);
+        out.insert(
+            id.clone(),
+            organization_value(id, value, delivery, ctx)?,
+        );
     }
     Ok(out)
 }
@@ -182,6 +209,10 @@ fn organization(
         allow_private_addresses,
         concurrency: node.count_or("concurrency", delivery.endpoint_concurrency)?,
         retry,
+        metrics_label: match node.get("metrics_label") {
+            None => None,
+            Some(_) => Some(node.bool_or("metrics_label", false)?),
+        },
     })
 }
 

@@ -58,6 +58,7 @@ pub enum DeliveryInitError {
     Client(#[source] reqwest::Error),
 }
 
+#[derive(Clone)]
 pub struct Deliverer {
     /// Resolves through the guard: public addresses only.
     guarded: reqwest::Client,

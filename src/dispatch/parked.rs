@@ -96,19 +96,7 @@ async fn take_turn(
 ) {
     let partition = ticket.partition;
     let source_offset = head.source_offset;
-    let lane = shared.lanes.get(&head.organization_id).cloned();
     let metrics = &shared.cx.metrics;
-    if lane.is_some() {
-        metrics
-            .unparks
-            .with_label_values(&[&head.organization_id])
-            .inc();
-    } else {
-        metrics
-            .events_skipped
-            .with_label_values(&["no_endpoint"])
-            .inc();
-    }
     let span = tracing::info_span!(
         "retry",
         organization_id = %head.organization_id,
@@ -121,13 +109,25 @@ async fn take_turn(
         } else {
             FETCH_LEAD
         };
-        match lane {
-            // The organization's endpoint was removed.
-            None => Outcome::Skipped,
-            // Waiting is small (thousands of events wait); the rest is boxed.
-            Some(lane) => match wait_due(&ticket, head.due_at, lead).await {
-                Waited::Due => Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await,
-                Waited::Leave => Outcome::Released,
+        // Waiting is small (thousands of events wait); the rest is boxed.
+        match wait_due(&ticket, head.due_at, lead).await {
+            Waited::Leave => Outcome::Released,
+            // The organization as it is at the due time: removed, it gets nothing more.
+            Waited::Due => match shared.lane(&head.organization_id) {
+                None => {
+                    metrics
+                        .events_skipped
+                        .with_label_values(&["no_endpoint"])
+                        .inc();
+                    Outcome::Skipped
+                }
+                Some(lane) => {
+                    metrics
+                        .unparks
+                        .with_label_values(&[metrics.label(&head.organization_id)])
+                        .inc();
+                    Box::pin(retry(&lane, &shared, &key, &ticket, &head, parked)).await
+                }
             },
         }
     }
@@ -209,7 +209,12 @@ async fn retry(
         _ = ticket.leave.cancelled() => return Outcome::Released,
     }
     let event = parked.webhook_event();
-    if !lane
+    if lane.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        debug!("the organization was removed");
+        return Outcome::Skipped;
+    }
+    let current = lane.current();
+    if !current
         .target
         .endpoint
         .settings
@@ -224,15 +229,15 @@ async fn retry(
         return Outcome::Skipped;
     }
     let permits = tokio::select! {
-        permits = lane.target.permits(&shared.global, Priority::Retry) => permits.1,
+        permits = current.target.permits(&shared.global, Priority::Retry) => permits.1,
         _ = ticket.leave.cancelled() => return Outcome::Released,
     };
     let attempt = tokio::select! {
-        attempt = attempt(lane, shared, &event, permits) => attempt,
+        attempt = attempt(lane, &current, shared, &event, permits) => attempt,
         _ = ticket.cancel.cancelled() => return Outcome::Abandoned,
     };
     let retries_done = parked.attempts.len();
-    let decision = lane
+    let decision = current
         .target
         .decide(&attempt, retries_done, parked.first_attempt_at);
     parked.first_attempt_at.get_or_insert(attempt.at);
@@ -240,7 +245,7 @@ async fn retry(
     parked.attempts.push(AttemptRecord::from(&attempt));
     match decision {
         Decision::Delivered => {
-            delivered(lane, shared, &event, parked.attempts.len());
+            delivered(&current, shared, &event, parked.attempts.len());
             Outcome::Delivered
         }
         Decision::RetryAfter(wait) => {
@@ -251,7 +256,7 @@ async fn retry(
         Decision::GiveUp(reason) => {
             let record = DeadLetter::with_records(
                 &event,
-                Some(&lane.target.endpoint.settings.url),
+                Some(&current.target.endpoint.settings.url),
                 reason.into(),
                 std::mem::take(&mut parked.attempts),
                 parked.source.clone(),

@@ -539,7 +539,12 @@ impl Ingest {
                 if let Some(i) = EventType::ALL.iter().position(|t| *t == event.event_type) {
                     self.derived[i].inc();
                 }
+                let at = message
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or_else(|| event.occurred_at.timestamp_millis());
                 Some(Work::Deliver {
+                    at,
                     source: SourceRef {
                         topic: self.topic.clone(),
                         partition,

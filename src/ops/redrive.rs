@@ -115,7 +115,15 @@ pub fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .thread_name("redrive")
         .build()?;
-    runtime.block_on(redrive(settings, args))
+    runtime.block_on(async move {
+        // With the registry on, its organizations count too (read to its end once).
+        let mut settings = settings;
+        let stop = CancellationToken::new();
+        let (_, follower) = crate::registry::read_once(&mut settings, &stop).await?;
+        stop.cancel();
+        tokio::task::spawn_blocking(move || follower.join()).await.ok();
+        redrive(settings, args).await
+    })
 }
 
 /// What one run saw and did.

@@ -85,24 +85,32 @@ pub fn run(args: ResendArgs) -> anyhow::Result<ExitCode> {
         Ok(settings) => settings,
         Err(usage) => return Ok(usage),
     };
-    if !settings.organizations.contains_key(&args.organization) {
-        eprintln!(
-            "organization {:?} has no endpoint in the configuration; configured: {}",
-            args.organization,
-            settings
-                .organizations
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        return Ok(ExitCode::from(2));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("resend")
         .build()?;
-    runtime.block_on(resend(settings, args))
+    runtime.block_on(async move {
+        // With the registry on, its organizations count too (read to its end once).
+        let mut settings = settings;
+        let stop = CancellationToken::new();
+        let (_, follower) = crate::registry::read_once(&mut settings, &stop).await?;
+        stop.cancel();
+        tokio::task::spawn_blocking(move || follower.join()).await.ok();
+        if !settings.organizations.contains_key(&args.organization) {
+            eprintln!(
+                "organization {:?} has no endpoint (config file or registry); known: {}",
+                args.organization,
+                settings
+                    .organizations
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(ExitCode::from(2));
+        }
+        resend(settings, args).await
+    })
 }
 
 /// What one run saw and did.

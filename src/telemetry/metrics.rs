@@ -3,13 +3,19 @@
 //! Guarantees:
 //! - names carry the `consent_webhooks_` prefix and their unit (`_total`, `_seconds`);
 //! - every label value comes from an enum or a code list, never from error text or URLs;
-//! - the `organization` label takes only organization ids listed in the configuration (events
-//!   of unlisted organizations are counted without it), so its cardinality is bounded by the
-//!   config, not by the data;
+//! - the `organization` label takes only the ids of organizations that have it: those of the
+//!   file unless they set `metrics_label = false`, those of the registry that set
+//!   `metrics_label = true` (opt-in: thousands of registered organizations must not make
+//!   thousands of series each). Every other organization is counted under `_other`; events of
+//!   organizations with no endpoint are counted without the label. So its cardinality is bounded
+//!   by the config and the opt-ins, never by the data;
 //! - `partition` takes only the input topic's partition numbers (the retry topic has the same).
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -48,7 +54,18 @@ pub struct Metrics {
     pub parked_oldest_age: IntGauge,
     pub parked_in_memory: IntGauge,
     pub retry_lag: IntGaugeVec,
+    pub registry_organizations: IntGauge,
+    pub registry_applied_offset: IntGauge,
+    pub registry_apply_lag: Gauge,
+    pub registry_view_age: Gauge,
+    pub registry_invalid_values: IntCounter,
+    pub events_waiting_for_registry: IntGauge,
+    /// Organizations whose series carry their id.
+    labelled: RwLock<HashSet<String>>,
 }
+
+/// The `organization` label of every organization without its own.
+pub const OTHER_ORGANIZATION: &str = "_other";
 
 /// Attempt-latency buckets: 5 ms to the 10 s request timeout and a little beyond.
 const ATTEMPT_BUCKETS: [f64; 12] = [
@@ -80,6 +97,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX)).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::with_opts(Opts::new(name, help).namespace(PREFIX)).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
         .expect("unique metric");
@@ -154,14 +179,56 @@ impl Metrics {
             parked_oldest_age: gauge(&r, "parked_oldest_age_seconds", "Age of the oldest parked event not done yet (since it was first parked), in the retry partitions this replica owns; 0 when none."),
             parked_in_memory: gauge(&r, "parked_in_memory", "Parked events read back and held in memory (waiting for their due time, or in flight); events waiting behind their key hold none."),
             retry_lag: gauge_vec(&r, "retry_lag", "Records between the retry reader's committed position and the end of each retry partition this replica owns.", &["partition"]),
+            registry_organizations: gauge(&r, "registry_organizations", "Organizations in the registry topic whose settings validate on this replica."),
+            registry_applied_offset: gauge(&r, "registry_applied_offset", "Offset of the last registry record this replica applied (-1: none)."),
+            registry_apply_lag: float_gauge(&r, "registry_apply_lag_seconds", "For the last registry record applied: seconds from its append to the broker to its application here."),
+            registry_view_age: float_gauge(&r, "registry_view_age_seconds", "Seconds since the last moment up to which this replica's view of the registry is known complete (grows while the registry cannot be read; records of unknown organizations wait for it)."),
+            registry_invalid_values: counter(&r, "registry_invalid_values_total", "Registry records whose value does not validate on this replica (the organization keeps its previous settings)."),
+            events_waiting_for_registry: gauge(&r, "events_waiting_for_registry", "Events of organizations unknown here, waiting until the registry is known complete up to their record's time."),
+            labelled: RwLock::new(HashSet::new()),
             registry: r,
         };
-        m.preregister(organizations);
+        m.registry_applied_offset.set(-1);
+        m.preregister_common();
+        m.preregister_organization(OTHER_ORGANIZATION);
+        for org in organizations {
+            m.label_organization(org, true);
+        }
         m
     }
 
+    /// The `organization` label value for `id`: itself when it has its own series, else
+    /// [`OTHER_ORGANIZATION`].
+    pub fn label<'a>(&self, id: &'a str) -> &'a str {
+        if self
+            .labelled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            id
+        } else {
+            OTHER_ORGANIZATION
+        }
+    }
+
+    /// Gives `id` its own series (created at zero) or takes them away (its counts go on under
+    /// [`OTHER_ORGANIZATION`]; its past series are removed from the exposition).
+    pub fn label_organization(&self, id: &str, labelled: bool) {
+        let mut set = self.labelled.write().unwrap_or_else(|p| p.into_inner());
+        if labelled {
+            if set.insert(id.to_owned()) {
+                drop(set);
+                self.preregister_organization(id);
+            }
+        } else if set.remove(id) {
+            drop(set);
+            self.remove_organization(id);
+        }
+    }
+
     /// Creates every bounded series at zero, so that rates and alerts see them from the start.
-    fn preregister<'a>(&self, organizations: impl IntoIterator<Item = &'a str>) {
+    fn preregister_common(&self) {
         for code in Rejection::CODES {
             self.records_rejected.with_label_values(&[code]);
         }
@@ -180,7 +247,10 @@ impl Metrics {
                     .with_label_values(&[topic.code(), failure.code()]);
             }
         }
-        for org in organizations {
+    }
+
+    fn preregister_organization(&self, org: &str) {
+        {
             self.oauth_reauthorizations.with_label_values(&[org]);
             for outcome in ["delivered", "dead_lettered"] {
                 self.deliveries.with_label_values(&[org, outcome]);
@@ -202,6 +272,29 @@ impl Metrics {
             self.endpoint_failing.with_label_values(&[org]).set(0);
             self.attempt_duration.with_label_values(&[org]);
         }
+    }
+
+    fn remove_organization(&self, org: &str) {
+        let _ = self.oauth_reauthorizations.remove_label_values(&[org]);
+        for outcome in ["delivered", "dead_lettered"] {
+            let _ = self.deliveries.remove_label_values(&[org, outcome]);
+        }
+        for class in crate::delivery::AttemptOutcome::CLASSES {
+            let _ = self.delivery_attempts.remove_label_values(&[org, class]);
+        }
+        for result in ["success", "failure"] {
+            let _ = self.oauth_token_fetches.remove_label_values(&[org, result]);
+        }
+        for reason in crate::deadletter::DeadLetterReason::ALL {
+            let _ = self.dead_letters.remove_label_values(&[org, reason.code()]);
+        }
+        let _ = self.retries_scheduled.remove_label_values(&[org]);
+        let _ = self.unparks.remove_label_values(&[org]);
+        for reason in crate::park::record::ParkReason::ALL {
+            let _ = self.parks.remove_label_values(&[org, reason.code()]);
+        }
+        let _ = self.endpoint_failing.remove_label_values(&[org]);
+        let _ = self.attempt_duration.remove_label_values(&[org]);
     }
 
     /// The text exposition format.

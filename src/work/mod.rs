@@ -21,6 +21,9 @@ pub enum Work {
         key: Option<Vec<u8>>,
         event: WebhookEvent,
         source: SourceRef,
+        /// The record's time (ms): its Kafka timestamp, else the change's `occurred_at`. Whether
+        /// its organization is known is decided at this time (see [`crate::registry`]).
+        at: i64,
     },
     Reject {
         ticket: Ticket,

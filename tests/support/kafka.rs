@@ -93,6 +93,28 @@ pub async fn create_topic(name: &str, partitions: i32) {
     }
 }
 
+/// A fresh organization registry topic as `run` wants it: one partition, compacted, stamped by
+/// the broker.
+pub async fn create_registry_topic(name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("message.timestamp.type", "LogAppendTime");
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(topic, err)| panic!("cannot create topic {topic}: {err}"));
+    }
+}
+
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -129,6 +151,8 @@ pub struct Consumed {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (ms), when it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Consumed {
@@ -164,6 +188,7 @@ pub async fn consume(topic: &str, expected: usize, deadline: Duration) -> Vec<Co
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
+                timestamp: m.timestamp().to_millis(),
                 headers: m
                     .headers()
                     .map(|hs| {

@@ -2,6 +2,7 @@
 //! conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod command;
 pub mod kafka;
 pub mod oauth_server;

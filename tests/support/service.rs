@@ -51,6 +51,18 @@ impl Topics {
     }
 }
 
+/// The `[registry]` section following `topic`, and, when `admin` is set, an `[admin]` section
+/// listening there with its token from the environment variable `ADMIN_TOKEN`.
+pub fn registry_sections(topic: &str, admin: Option<std::net::SocketAddr>) -> String {
+    let mut out = format!("\n[registry]\nenabled = true\ntopic = \"{topic}\"\n");
+    if let Some(listen) = admin {
+        out.push_str(&format!(
+            "\n[admin]\nlisten = \"{listen}\"\ntoken = {{ env = \"ADMIN_TOKEN\" }}\n"
+        ));
+    }
+    out
+}
+
 /// A `[organizations.ID]` section for a local test receiver.
 pub fn organization(id: &str, url: &str, extra: &str) -> String {
     format!("\n[organizations.{id}]\nurl = \"{url}\"\nallow_http = true\nallow_private_addresses = true\n{extra}\n")

@@ -347,6 +347,7 @@ pub fn organization(url: Url) -> OrganizationSettings {
         allow_private_addresses: true,
         concurrency: 4,
         retry: retry_settings(),
+        metrics_label: None,
     }
 }
 

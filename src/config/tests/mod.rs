@@ -173,7 +173,7 @@ fn full_organization_parses() {
 #[test]
 fn example_file_documents_every_key() {
     let example = include_str!("../../../deploy/config.example.toml");
-    let tables: [(&str, Keys); 8] = [
+    let tables: [(&str, Keys); 10] = [
         ("root", validate::ROOT_KEYS),
         ("kafka", validate::KAFKA_KEYS),
         ("server", validate::SERVER_KEYS),
@@ -182,6 +182,8 @@ fn example_file_documents_every_key() {
         ("retry", retry_policy::RETRY_KEYS),
         ("organization", validate_org::ORG_KEYS),
         ("oauth", validate_org::OAUTH_KEYS),
+        ("registry", validate::REGISTRY_KEYS),
+        ("admin", validate::ADMIN_KEYS),
     ];
     for (table, keys) in tables {
         for (key, _) in keys {
