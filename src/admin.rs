@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminSettings, ConfigError};
 use crate::delivery::{AttemptOutcome, Deliverer};
-use crate::registry::{Entry, Registry, WriteError, Written, Writer};
+use crate::registry::{Entry, Registry, WriteError, Writer, Written};
 use crate::webhook::{EventType, WebhookEvent};
 
 /// What the handlers share.
@@ -69,10 +69,7 @@ pub async fn serve(
     let token: Arc<[u8; 32]> = Arc::new(Sha256::digest(settings.token.expose_secret()).into());
     let app = Router::new()
         .route("/v1/organizations", get(list))
-        .route(
-            "/v1/organizations/{id}",
-            get(read).put(put).delete(remove),
-        )
+        .route("/v1/organizations/{id}", get(read).put(put).delete(remove))
         .route("/v1/organizations/{id}/test", post(test))
         .with_state(admin)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -155,7 +152,9 @@ async fn list(State(admin): State<Arc<Admin>>, Query(page): Query<Page>) -> Resp
     let entries = admin.registry.page(page.after.as_deref(), limit + 1);
     let more = entries.len() > limit;
     let shown: Vec<_> = entries.iter().take(limit).collect();
-    let next = more.then(|| shown.last().map(|(id, _)| id.clone())).flatten();
+    let next = more
+        .then(|| shown.last().map(|(id, _)| id.clone()))
+        .flatten();
     Json(json!({
         "organizations": shown.iter().map(|(id, e)| entry_json(id, e)).collect::<Vec<_>>(),
         "next": next,
@@ -173,8 +172,11 @@ async fn put(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/toml"));
-    let not_json = !toml && !body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{');
-    if not_json {
+    let object = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if !toml && !object {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -209,7 +211,9 @@ fn write_error(e: WriteError) -> Response {
             };
             (
                 StatusCode::BAD_REQUEST,
-                Json(json!({ "error": config.to_string(), "key": config.key(), "example": example })),
+                Json(
+                    json!({ "error": config.to_string(), "key": config.key(), "example": example }),
+                ),
             )
                 .into_response()
         }

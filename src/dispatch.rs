@@ -213,7 +213,9 @@ impl Dispatcher {
                     let current = lane.current();
                     let label = shared.cx.metrics.label(org);
                     (label == org.as_str())
-                        .then(|| Some((org.clone(), current.target.endpoint.token_source()?.clone())))
+                        .then(|| {
+                            Some((org.clone(), current.target.endpoint.token_source()?.clone()))
+                        })
                         .flatten()
                 })
                 .collect()
@@ -253,7 +255,9 @@ impl Dispatcher {
     fn lane_for(&self, event: &WebhookEvent, at: i64) -> Route {
         let metrics = &self.shared.cx.metrics;
         let lane = self.shared.lane(&event.organization_id);
-        let since = lane.as_ref().map(|l| l.registered_at.load(Ordering::Relaxed));
+        let since = lane
+            .as_ref()
+            .map(|l| l.registered_at.load(Ordering::Relaxed));
         match self.shared.registry.known(since, at) {
             Known::NotYet => return Route::Wait,
             Known::No => {
@@ -474,7 +478,10 @@ impl Shared {
                 });
                 lane.registered_at
                     .store(live.registered_at, Ordering::SeqCst);
-                debug!(organization_id = id, "endpoint changed: applies from the next attempt");
+                debug!(
+                    organization_id = id,
+                    "endpoint changed: applies from the next attempt"
+                );
             }
             None => {
                 let lane = Lane {

@@ -174,7 +174,9 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
             .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     }
     follow_stop.cancel();
-    tokio::task::spawn_blocking(move || follower.join()).await.ok();
+    tokio::task::spawn_blocking(move || follower.join())
+        .await
+        .ok();
     abandon.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())

@@ -170,7 +170,11 @@ impl Topics {
 
 /// Record `i`: organization i % 64, user i % `users`, key `org/user`, ~1 KB.
 pub fn record(i: usize, users: usize, occurred_at: &str) -> (String, String) {
-    let org = format!("org-{:02}", i % ORGS);
+    record_of(&format!("org-{:02}", i % ORGS), i, users, occurred_at)
+}
+
+/// Record `i` of organization `org`: user i % `users`, key `org/user`, ~1 KB.
+pub fn record_of(org: &str, i: usize, users: usize, occurred_at: &str) -> (String, String) {
     let user = format!("user-{}", i % users);
     let padding = "x".repeat(560);
     let value = format!(

@@ -20,6 +20,7 @@ create consent.webhooks.retry 3 retention.ms=86400000
 # Permanent store of undeliverable events: never deleted.
 create consent.webhooks.dead-letter 1 retention.ms=-1
 create consent.changes.rejected 1
-# Organization settings, latest per key.
-create consent.webhooks.organizations 1 cleanup.policy=compact
+# The organization registry ([registry]): one order of changes, latest per key, stamped by the
+# broker.
+create consent.webhooks.organizations 1 cleanup.policy=compact message.timestamp.type=LogAppendTime
 "$topics" --bootstrap-server "$bootstrap" --list

@@ -44,7 +44,10 @@ pub(super) const REGISTRY_KEYS: Keys = &[
 
 pub(super) const ADMIN_KEYS: Keys = &[
     ("listen", r#"listen = "0.0.0.0:9465""#),
-    ("token", r#"token = { env = "CONSENT_WEBHOOKS_ADMIN_TOKEN" }"#),
+    (
+        "token",
+        r#"token = { env = "CONSENT_WEBHOOKS_ADMIN_TOKEN" }"#,
+    ),
 ];
 
 pub(super) const KAFKA_KEYS: Keys = &[
@@ -159,7 +162,9 @@ fn registry(
     }
     let settings = RegistrySettings {
         topic,
-        clock_skew: node.duration("clock_skew", true)?.unwrap_or(defaults.clock_skew),
+        clock_skew: node
+            .duration("clock_skew", true)?
+            .unwrap_or(defaults.clock_skew),
         secret_refresh: node
             .duration("secret_refresh", false)?
             .unwrap_or(defaults.secret_refresh),
@@ -176,13 +181,16 @@ fn admin(
 ) -> Result<Option<AdminSettings>, ConfigError> {
     let Some(text) = node.nonempty_string("listen")? else {
         if node.get("token").is_some() {
-            return Err(node.err("listen", "a token without a listener: set where the admin API listens"));
+            return Err(node.err(
+                "listen",
+                "a token without a listener: set where the admin API listens",
+            ));
         }
         return Ok(None);
     };
-    let listen: SocketAddr = text.parse().map_err(|_| {
-        node.err("listen", format!("{text:?} is not an address:port"))
-    })?;
+    let listen: SocketAddr = text
+        .parse()
+        .map_err(|_| node.err("listen", format!("{text:?} is not an address:port")))?;
     if listen == server.listen && listen.port() != 0 {
         return Err(node.err(
             "listen",

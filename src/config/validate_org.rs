@@ -133,10 +133,7 @@ pub(super) fn organizations(
         return Ok(out);
     };
     for (id, value) in table {
-        out.insert(
-            id.clone(),
-            organization_value(id, value, delivery, ctx)?,
-        );
+        out.insert(id.clone(), organization_value(id, value, delivery, ctx)?);
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{self, WriteError, Written, Writer};
+use crate::registry::{self, WriteError, Writer, Written};
 
 #[derive(Debug, Args)]
 pub struct OrganizationsArgs {
@@ -52,7 +52,9 @@ pub fn run(args: OrganizationsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let value = match &args.action {
-        Action::Put { file: Some(path), .. } => {
+        Action::Put {
+            file: Some(path), ..
+        } => {
             let mut bytes = Vec::new();
             if path.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut bytes)?;
@@ -73,7 +75,9 @@ pub fn run(args: OrganizationsArgs) -> anyhow::Result<ExitCode> {
         let (registry, follower) = registry::read_once(&mut settings, &stop).await?;
         let code = act(&settings, &registry, &args.action, &value).await;
         stop.cancel();
-        tokio::task::spawn_blocking(move || follower.join()).await.ok();
+        tokio::task::spawn_blocking(move || follower.join())
+            .await
+            .ok();
         code
     })
 }
@@ -124,7 +128,9 @@ async fn act(
                     "{id}: {} at registry offset {offset}",
                     if created { "registered" } else { "changed" }
                 ),
-                Ok(Written::Removed { offset }) => println!("{id}: removed at registry offset {offset}"),
+                Ok(Written::Removed { offset }) => {
+                    println!("{id}: removed at registry offset {offset}")
+                }
                 Ok(Written::Absent) => println!("{id}: not registered (nothing written)"),
                 Err(e @ (WriteError::Invalid(_) | WriteError::Value { .. })) => {
                     eprintln!("invalid organization: {e}");

@@ -121,7 +121,9 @@ pub fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         let stop = CancellationToken::new();
         let (_, follower) = crate::registry::read_once(&mut settings, &stop).await?;
         stop.cancel();
-        tokio::task::spawn_blocking(move || follower.join()).await.ok();
+        tokio::task::spawn_blocking(move || follower.join())
+            .await
+            .ok();
         redrive(settings, args).await
     })
 }

@@ -95,7 +95,9 @@ pub fn run(args: ResendArgs) -> anyhow::Result<ExitCode> {
         let stop = CancellationToken::new();
         let (_, follower) = crate::registry::read_once(&mut settings, &stop).await?;
         stop.cancel();
-        tokio::task::spawn_blocking(move || follower.join()).await.ok();
+        tokio::task::spawn_blocking(move || follower.join())
+            .await
+            .ok();
         if !settings.organizations.contains_key(&args.organization) {
             eprintln!(
                 "organization {:?} has no endpoint (config file or registry); known: {}",

@@ -87,7 +87,7 @@ pub async fn caught_up(registry: &Registry, since: i64, stop: &CancellationToken
     loop {
         if *complete.borrow_and_update() >= since {
             info!(
-                organizations = registry.len(),
+                organizations = registry.valid_entries(),
                 offset = registry.applied_offset(),
                 took_ms = started.elapsed().as_millis() as u64,
                 "organization registry read to its end"
@@ -177,7 +177,10 @@ fn apply_record(
     let offset = message.offset();
     let stamped = message.timestamp().to_millis().unwrap_or_else(now_ms);
     let Some(id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-        warn!(offset, "registry record without a UTF-8 key (an organization id): ignored");
+        warn!(
+            offset,
+            "registry record without a UTF-8 key (an organization id): ignored"
+        );
         metrics.registry_invalid_values.inc();
         return;
     };
@@ -201,9 +204,9 @@ fn apply_record(
                 .unwrap_or(stamped);
             let checked = decode(bytes)
                 .map_err(|e| format!("organizations.{id}: {e}"))
-                .and_then(|toml| {
+                .map(|toml| {
                     let settings = registry.validate(id, &toml).map_err(|e| e.to_string());
-                    Ok((to_json(&toml), settings))
+                    (to_json(&toml), settings)
                 });
             let entry = match checked {
                 Ok((value, Ok(settings))) => Entry {
@@ -228,7 +231,10 @@ fn apply_record(
                     }
                 }
             };
-            debug!(organization_id = id, offset, registered_at, "organization registered");
+            debug!(
+                organization_id = id,
+                offset, registered_at, "organization registered"
+            );
             registry.write().insert(id.to_owned(), entry);
         }
     }
@@ -240,7 +246,7 @@ fn apply_record(
         .set((now_ms() - stamped).max(0) as f64 / 1000.0);
     metrics
         .registry_organizations
-        .set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(registry.valid_entries()).unwrap_or(i64::MAX));
 }
 
 /// Reads every organization's secret references again; applies those whose secrets changed.
@@ -364,7 +370,10 @@ pub async fn check_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<(
             .and_then(|e| e.value.clone())
             .unwrap_or_default()
     };
-    if !get("cleanup.policy").split(',').any(|p| p.trim() == "compact") {
+    if !get("cleanup.policy")
+        .split(',')
+        .any(|p| p.trim() == "compact")
+    {
         anyhow::bail!(
             "the organization registry topic {topic} is not compacted (cleanup.policy={}): it \
              would lose organizations after its retention; e.g. kafka-configs.sh \

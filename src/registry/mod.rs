@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::config::{DeliverySettings, OrganizationSettings, RegistrySettings, Settings};
 
 pub use follow::{caught_up, check_topic, Follower};
-pub use write::{WriteError, Written, Writer};
+pub use write::{WriteError, Writer, Written};
 
 /// The header that carries an organization's first registration time (ms since the epoch)
 /// across its updates: compaction keeps only the last record of a key.
@@ -181,10 +181,8 @@ impl Registry {
     pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<(String, Entry)> {
         let entries = self.read();
         let range = match after {
-            Some(after) => entries.range::<str, _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => entries
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => entries.range::<str, _>(..),
         };
         range
@@ -194,8 +192,11 @@ impl Registry {
     }
 
     /// Registry entries whose value validates here.
-    pub fn len(&self) -> usize {
-        self.read().values().filter(|e| e.settings.is_some()).count()
+    pub fn valid_entries(&self) -> usize {
+        self.read()
+            .values()
+            .filter(|e| e.settings.is_some())
+            .count()
     }
 
     /// Whether the file defines `id`.
@@ -256,9 +257,15 @@ impl Registry {
     fn live(&self, id: &str) -> Option<Live> {
         if let Some(entry) = self.read().get(id) {
             if let Some(settings) = &entry.settings {
+                // Over a file organization, it was known all along: only its settings change.
+                let registered_at = if self.file.contains_key(id) {
+                    ALWAYS
+                } else {
+                    entry.registered_at
+                };
                 return Some(Live {
                     settings: settings.clone(),
-                    registered_at: entry.registered_at,
+                    registered_at,
                 });
             }
         }
@@ -330,4 +337,50 @@ pub async fn read_once(
             .collect();
     }
     Ok((registry, follower))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(enabled: bool) -> Arc<Registry> {
+        let mut toml = String::from("[kafka]\nbrokers = \"localhost:9092\"\n");
+        if enabled {
+            toml.push_str("[registry]\nenabled = true\n");
+        }
+        let settings =
+            crate::config::parse_str(&toml, std::path::Path::new("."), &|_| None, &[]).unwrap();
+        Registry::new(&settings)
+    }
+
+    /// The rule of the module doc: known when registered at the record's time; "unknown" only
+    /// once the view covers that time, never before.
+    #[test]
+    fn unknown_is_decided_only_once_the_view_covers_the_records_time() {
+        let registry = registry(true);
+        assert_eq!(
+            registry.known(Some(ALWAYS), 5),
+            Known::Yes,
+            "file organizations"
+        );
+        assert_eq!(registry.known(Some(100), 100), Known::Yes);
+        assert_eq!(registry.known(Some(100), 150), Known::Yes);
+        // Registered after the record, or not at all: wait while the view is behind.
+        assert_eq!(registry.known(Some(200), 150), Known::NotYet);
+        assert_eq!(registry.known(None, 150), Known::NotYet);
+        registry.complete.send_replace(149);
+        assert_eq!(registry.known(None, 150), Known::NotYet);
+        registry.complete.send_replace(150);
+        assert_eq!(registry.known(None, 150), Known::No);
+        assert_eq!(registry.known(Some(200), 150), Known::No);
+        assert_eq!(registry.known(None, 151), Known::NotYet);
+    }
+
+    /// Without a registry nothing waits: the file is all there is.
+    #[test]
+    fn without_a_registry_unknown_is_final_at_once() {
+        let registry = registry(false);
+        assert!(!registry.enabled());
+        assert_eq!(registry.known(None, i64::MAX - 1), Known::No);
+    }
 }

@@ -33,7 +33,11 @@ pub fn decode(bytes: &[u8]) -> Result<Toml, ValueError> {
 /// A JSON value as TOML (no `null`: TOML has none).
 pub fn from_json(json: &Json) -> Result<Toml, ValueError> {
     Ok(match json {
-        Json::Null => return Err(ValueError::Shape("null is not allowed: leave the key out".into())),
+        Json::Null => {
+            return Err(ValueError::Shape(
+                "null is not allowed: leave the key out".into(),
+            ))
+        }
         Json::Bool(b) => Toml::Boolean(*b),
         Json::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => Toml::Integer(i),
@@ -69,15 +73,24 @@ mod tests {
 
     #[test]
     fn json_and_toml_text_read_the_same() {
-        let json = decode(br#"{"url": "https://a.example/h", "concurrency": 4, "signing_secret": {"env": "S"}}"#).unwrap();
-        let toml = decode(b"url = \"https://a.example/h\"\nconcurrency = 4\nsigning_secret = { env = \"S\" }\n").unwrap();
+        let json = decode(
+            br#"{"url": "https://a.example/h", "concurrency": 4, "signing_secret": {"env": "S"}}"#,
+        )
+        .unwrap();
+        let toml = decode(
+            b"url = \"https://a.example/h\"\nconcurrency = 4\nsigning_secret = { env = \"S\" }\n",
+        )
+        .unwrap();
         assert_eq!(json, toml);
         assert_eq!(from_json(&to_json(&json)).unwrap(), json);
     }
 
     #[test]
     fn null_and_garbage_are_refused_with_a_reason() {
-        assert!(decode(br#"{"url": null}"#).unwrap_err().to_string().contains("null"));
+        assert!(decode(br#"{"url": null}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("null"));
         assert!(matches!(decode(b"{not json"), Err(ValueError::Syntax(_))));
         assert!(matches!(decode(&[0xff, 0xfe]), Err(ValueError::Utf8)));
     }

@@ -57,7 +57,11 @@ impl Writer {
             .settings
             .as_ref()
             .map(|s| s.topic.clone())
-            .ok_or_else(|| anyhow::anyhow!("the organization registry is not enabled ([registry] enabled = true)"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the organization registry is not enabled ([registry] enabled = true)"
+                )
+            })?;
         let producer = crate::kafka::client_config(kafka, &[])
             .set("acks", "all")
             .set("enable.idempotence", "true")
