@@ -225,7 +225,7 @@ impl Dispatcher {
     /// Takes work until the consumer closes the channel. Never waits on a delivery: lanes run
     /// on their own tasks. Events whose organization is unknown here wait until the registry
     /// is known complete up to their record's time (see [`crate::registry`]), in order per
-    /// organization; those whose partition leaves meanwhile are released.
+    /// organization.
     pub async fn run(self, mut work: mpsc::Receiver<Work>) {
         let mut complete = self.shared.registry.watch_complete();
         let mut waiting = Waiting::default();
@@ -290,14 +290,16 @@ impl Dispatcher {
     }
 
     /// Events waiting for the registry, again: in order per organization, up to the first that
-    /// must still wait; released when their partition leaves.
+    /// must still wait. One whose partition leaves goes on waiting, as work in flight does (its
+    /// decision comes within about `clock_skew`, and the revoke's drain waits for it: the next
+    /// owner does not deliver again what its stretch of the partition holds); dropped, not done,
+    /// once abandoned (the drain timed out: the next owner reads it again).
     fn recheck(&self, waiting: &mut Waiting) {
         let mut emptied = Vec::new();
         for (org, queue) in waiting.by_organization.iter_mut() {
             while let Some(held) = queue.front() {
-                if held.ticket.leave.is_cancelled() {
-                    let held = queue.pop_front().expect("front");
-                    self.shared.cx.progress.release(&held.ticket);
+                if held.ticket.cancel.is_cancelled() {
+                    queue.pop_front();
                     waiting.count -= 1;
                     continue;
                 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::value::{decode, to_json, ValueError};
 use super::{Entry, Registry, REGISTERED_AT_HEADER};
@@ -86,6 +86,7 @@ impl Writer {
     /// Registers `id` with `bytes` (a JSON object or TOML text), or changes it.
     pub async fn put(&self, id: &str, bytes: &[u8]) -> Result<Written, WriteError> {
         let value = self.check(id, bytes)?;
+        self.up_to_date().await?;
         let current: Option<Entry> = self.registry.get(id);
         if let Some(entry) = &current {
             if entry.value == value && entry.error.is_none() {
@@ -115,6 +116,7 @@ impl Writer {
 
     /// Removes `id` (a tombstone).
     pub async fn delete(&self, id: &str) -> Result<Written, WriteError> {
+        self.up_to_date().await?;
         if self.registry.get(id).is_none() {
             return Ok(Written::Absent);
         }
@@ -122,6 +124,25 @@ impl Writer {
         let offset = self.send(record).await?;
         self.applied(offset).await?;
         Ok(Written::Removed { offset })
+    }
+
+    /// Waits until this replica applied every registry record written before now: a write
+    /// decides from the organization's current state (is it registered, since when), and
+    /// another replica may have changed it a moment ago.
+    async fn up_to_date(&self) -> Result<(), WriteError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        })
+        .await
+        .expect("the watermark look-up does not panic")?;
+        if high > 0 {
+            self.applied(high - 1).await?;
+        }
+        Ok(())
     }
 
     async fn send(&self, record: FutureRecord<'_, str, [u8]>) -> Result<i64, WriteError> {

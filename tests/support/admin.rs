@@ -61,8 +61,12 @@ impl Api {
     }
 
     pub async fn get(&self, id: &str) -> Answer {
-        self.send(self.http.get(self.url(&format!("/{id}"))).bearer_auth(TOKEN))
-            .await
+        self.send(
+            self.http
+                .get(self.url(&format!("/{id}")))
+                .bearer_auth(TOKEN),
+        )
+        .await
     }
 
     /// `GET /v1/organizations?limit=..&after=..`.
@@ -75,8 +79,12 @@ impl Api {
     }
 
     pub async fn delete(&self, id: &str) -> Answer {
-        self.send(self.http.delete(self.url(&format!("/{id}"))).bearer_auth(TOKEN))
-            .await
+        self.send(
+            self.http
+                .delete(self.url(&format!("/{id}")))
+                .bearer_auth(TOKEN),
+        )
+        .await
     }
 
     /// `POST /v1/organizations/{id}/test`: a signed ping.
