@@ -27,7 +27,7 @@ const ALERT_TESTS: &str = "deploy/prometheus/alerts.test.yml";
 const PROMETHEUS_CONFIG: &str = "deploy/prometheus/prometheus.yml";
 
 /// Every alert `alerts.yml` must define.
-const ALERT_NAMES: [&str; 8] = [
+const ALERT_NAMES: [&str; 9] = [
     "ConsentWebhooksDeadLetters",
     "ConsentWebhooksLagGrowing",
     "ConsentWebhooksConsumptionStopped",
@@ -36,6 +36,7 @@ const ALERT_NAMES: [&str; 8] = [
     "ConsentWebhooksNoReadyReplica",
     "ConsentWebhooksOutputWriteFailures",
     "ConsentWebhooksParkedBacklogAging",
+    "ConsentWebhooksRegistryStale",
 ];
 
 // ------------------------------------------------------------------------------------------
@@ -898,14 +899,15 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression_on_live_metri
             && has("ConsentWebhooksEndpointFailing", "pending")
             && !any("ConsentWebhooksNoReadyReplica")
             && !any("ConsentWebhooksParkedBacklogAging")
+            && !any("ConsentWebhooksRegistryStale")
         {
             break;
         }
         assert!(
             Instant::now() < end,
             "expected ConsentWebhooksDeadLetters firing and ConsentWebhooksEndpointFailing \
-             pending for globex, and no ConsentWebhooksNoReadyReplica or \
-             ConsentWebhooksParkedBacklogAging; alerts: {alerts}"
+             pending for globex, and no ConsentWebhooksNoReadyReplica, \
+             ConsentWebhooksParkedBacklogAging or ConsentWebhooksRegistryStale; alerts: {alerts}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
