@@ -685,3 +685,76 @@ async fn a_rolling_restart_while_organizations_change_skips_nothing_owed() {
     );
     drop(services);
 }
+
+/// A changed URL applies from the next attempt of events already in their retries: events
+/// failing at the old endpoint are parked with their schedule, and their next retry goes to
+/// the new one (the schedule carries on: no first attempt again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_their_retries_go_to_the_changed_url_at_their_next_attempt() {
+    let topics = Topics::create(2).await;
+    let registry = kafka::unique_name("organizations");
+    kafka::create_registry_topic(&registry).await;
+    let down = Receiver::start(503).await;
+    let up = Receiver::start(200).await;
+    let admin = listen();
+    let config = topics.config("") + &registry_sections(&registry, Some(admin));
+    let service = Service::start(&config, &[("ADMIN_TOKEN", TOKEN)]);
+    service.wait_log(
+        "organization registry read to its end",
+        Duration::from_secs(30),
+    );
+    // Retries 2, 4, 6, 8 and 10 s after the first attempt (time compressed for the test).
+    let retry = json!({ "retry": {
+        "schedule": ["2s", "4s", "6s", "8s", "10s"], "max_jitter": "0s", "budget": "12s",
+        "allow_below_minimum": true
+    }});
+    let api = Api::new(admin);
+    let (status, body) = api.put("acme", &endpoint(&down.url, retry.clone())).await;
+    assert_eq!(status, 201, "{body}");
+
+    let input = records::users_created("acme", 6);
+    kafka::produce(&topics.input, &input).await;
+    let want = ids(&input);
+    // Every event failed its first attempt at the old endpoint.
+    down.wait_until(
+        Duration::from_secs(30),
+        "a first attempt of every event at the old URL",
+        |received| {
+            let got: HashSet<String> = received.iter().map(|r| r.event_id()).collect();
+            want.is_subset(&got)
+        },
+    )
+    .await;
+    let (status, body) = api.put("acme", &endpoint(&up.url, retry)).await;
+    assert_eq!(status, 200, "{body}");
+    let changed = Instant::now();
+
+    up.wait_until(
+        Duration::from_secs(30),
+        "every event delivered at the new URL",
+        |received| {
+            let got: HashSet<String> = received.iter().map(|r| r.event_id()).collect();
+            want.is_subset(&got)
+        },
+    )
+    .await;
+    // At their next retry (2 s after the first attempt at the latest), not after a new
+    // schedule, and never at the old URL again.
+    assert!(
+        changed.elapsed() < Duration::from_secs(10),
+        "delivered {:?} after the change",
+        changed.elapsed()
+    );
+    // An attempt that started before the change may still land just after it.
+    let settled = changed + Duration::from_millis(500);
+    let old_after: Vec<_> = down
+        .received()
+        .into_iter()
+        .filter(|r| r.at > settled)
+        .collect();
+    assert!(
+        old_after.is_empty(),
+        "{} requests reached the old URL after the change",
+        old_after.len()
+    );
+}
