@@ -58,10 +58,13 @@ impl Admin {
 /// Most organizations one page lists.
 const MAX_PAGE: usize = 1000;
 
-/// Binds `settings.listen` (fails at start if it cannot) and serves until `stop`.
+/// Binds `settings.listen` (fails at start if it cannot) and serves until `stop`, from when
+/// `ready` completes (the registry read to its end): until then connections wait in the
+/// listener's backlog, so no answer comes from a view older than the start.
 pub async fn serve(
     settings: &AdminSettings,
     admin: Arc<Admin>,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
@@ -77,6 +80,10 @@ pub async fn serve(
             async move { authorize(&token, request, next).await }
         }));
     tokio::spawn(async move {
+        tokio::select! {
+            _ = ready => {}
+            _ = stop.cancelled() => return,
+        }
         let shutdown = async move { stop.cancelled().await };
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

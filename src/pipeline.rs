@@ -127,9 +127,14 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     info!(%address, "serving /metrics, /healthz and /readyz");
     if let Some(admin) = &settings.admin {
         let writer = Writer::new(&settings.kafka, registry.clone())?;
+        let mut complete = registry.watch_complete();
+        let read_to_end = async move {
+            let _ = complete.wait_for(|c| *c >= started_at).await;
+        };
         let address = crate::admin::serve(
             admin,
             crate::admin::Admin::new(registry.clone(), writer, deliverer.clone()),
+            read_to_end,
             server_stop.clone(),
         )
         .await
