@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminSettings, ConfigError};
 use crate::delivery::{AttemptOutcome, Deliverer};
-use crate::registry::{Entry, Registry, WriteError, Writer, Written};
+use crate::registry::{Registry, WriteError, Writer, Written};
 use crate::webhook::{EventType, WebhookEvent};
 
 /// What the handlers share.
@@ -123,20 +123,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn entry_json(id: &str, entry: &Entry) -> serde_json::Value {
-    json!({
-        "id": id,
-        "organization": entry.value,
-        "registered_at": chrono::DateTime::<Utc>::from_timestamp_millis(entry.registered_at)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        "offset": entry.offset,
-        "error": entry.error,
-    })
-}
-
 async fn read(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
     match admin.registry.get(&id) {
-        Some(entry) => Json(entry_json(&id, &entry)).into_response(),
+        Some(entry) => Json(entry.to_json(&id)).into_response(),
         None if admin.registry.in_file(&id) => error(
             StatusCode::NOT_FOUND,
             format!("organization {id} is defined in the config file, not in the registry"),
@@ -163,7 +152,7 @@ async fn list(State(admin): State<Arc<Admin>>, Query(page): Query<Page>) -> Resp
         .then(|| shown.last().map(|(id, _)| id.clone()))
         .flatten();
     Json(json!({
-        "organizations": shown.iter().map(|(id, e)| entry_json(id, e)).collect::<Vec<_>>(),
+        "organizations": shown.iter().map(|(id, e)| e.to_json(id)).collect::<Vec<_>>(),
         "next": next,
     }))
     .into_response()
@@ -201,7 +190,7 @@ async fn put(
             };
             tracing::info!(organization_id = %id, ?written, "organization put through the admin API");
             let entry = admin.registry.get(&id);
-            let mut body = entry.map_or(json!({ "id": id }), |e| entry_json(&id, &e));
+            let mut body = entry.map_or(json!({ "id": id }), |e| e.to_json(&id));
             body["changed"] = json!(!matches!(written, Written::Unchanged));
             (status, Json(body)).into_response()
         }

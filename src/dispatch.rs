@@ -202,21 +202,18 @@ impl Dispatcher {
         Arc::new(move |id, live| shared.apply(id, live))
     }
 
-    /// Each organization's OAuth token source, for the token-fetch metrics.
+    /// Each labelled organization's OAuth token source, for the token-fetch metrics.
     pub fn token_sources(&self) -> Arc<dyn Fn() -> Vec<(String, Arc<TokenSource>)> + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || {
             shared
                 .read_lanes()
                 .iter()
+                // Only organizations with their own label: see `Metrics::label`.
+                .filter(|(org, _)| shared.cx.metrics.label(org) == org.as_str())
                 .filter_map(|(org, lane)| {
-                    let current = lane.current();
-                    let label = shared.cx.metrics.label(org);
-                    (label == org.as_str())
-                        .then(|| {
-                            Some((org.clone(), current.target.endpoint.token_source()?.clone()))
-                        })
-                        .flatten()
+                    let source = lane.current().target.endpoint.token_source()?.clone();
+                    Some((org.clone(), source))
                 })
                 .collect()
         })

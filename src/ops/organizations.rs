@@ -88,18 +88,9 @@ async fn act(
     action: &Action,
     value: &[u8],
 ) -> anyhow::Result<ExitCode> {
-    let show = |id: &str, entry: &registry::Entry| {
-        serde_json::json!({
-            "id": id,
-            "organization": entry.value,
-            "registered_at": entry.registered_at,
-            "offset": entry.offset,
-            "error": entry.error,
-        })
-    };
     match action {
         Action::Get { id } => match registry.get(id) {
-            Some(entry) => println!("{}", serde_json::to_string_pretty(&show(id, &entry))?),
+            Some(entry) => println!("{}", serde_json::to_string_pretty(&entry.to_json(id))?),
             None => {
                 eprintln!("no organization {id} in the registry");
                 return Ok(ExitCode::from(3));
@@ -112,7 +103,7 @@ async fn act(
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (id, entry) in &page {
-                    println!("{}", show(id, entry));
+                    println!("{}", entry.to_json(id));
                 }
             }
         }

@@ -116,14 +116,8 @@ pub fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         .thread_name("redrive")
         .build()?;
     runtime.block_on(async move {
-        // With the registry on, its organizations count too (read to its end once).
-        let mut settings = settings;
-        let stop = CancellationToken::new();
-        let (_, follower) = crate::registry::read_once(&mut settings, &stop).await?;
-        stop.cancel();
-        tokio::task::spawn_blocking(move || follower.join())
-            .await
-            .ok();
+        // With the registry on, its organizations count too.
+        let settings = crate::registry::with_registered(settings).await?;
         redrive(settings, args).await
     })
 }

@@ -7,7 +7,6 @@
 //! the broker (`message.timestamp.type=LogAppendTime`), so "appended before" and "stamped
 //! before" agree.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,7 +238,7 @@ fn apply_record(
         }
     }
     apply(id, registry.live(id));
-    registry.applied_offset.store(offset, Ordering::SeqCst);
+    registry.applied.send_replace(offset);
     metrics.registry_applied_offset.set(offset);
     metrics
         .registry_apply_lag

@@ -30,7 +30,6 @@ mod write;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -61,6 +60,21 @@ pub struct Entry {
     pub offset: i64,
     /// Why the value does not validate here, for the API.
     pub error: Option<String>,
+}
+
+impl Entry {
+    /// How the API and the CLI show it: the value as stored (secret references only), when it
+    /// was registered (RFC 3339, ms), its offset, and why it does not validate here, if so.
+    pub fn to_json(&self, id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": id,
+            "organization": self.value,
+            "registered_at": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.registered_at)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "offset": self.offset,
+            "error": self.error,
+        })
+    }
 }
 
 /// What an organization is for a record of time `T`: see the module doc.
@@ -108,7 +122,8 @@ pub struct Registry {
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Every registry record appended before this time (ms) is applied here.
     complete: watch::Sender<i64>,
-    applied_offset: AtomicI64,
+    /// The last registry offset applied (-1: none).
+    applied: watch::Sender<i64>,
 }
 
 impl Registry {
@@ -137,7 +152,7 @@ impl Registry {
             file,
             entries: RwLock::new(BTreeMap::new()),
             complete: watch::Sender::new(complete),
-            applied_offset: AtomicI64::new(-1),
+            applied: watch::Sender::new(-1),
         })
     }
 
@@ -169,7 +184,14 @@ impl Registry {
 
     /// The last registry offset applied (-1: none).
     pub fn applied_offset(&self) -> i64 {
-        self.applied_offset.load(Ordering::SeqCst)
+        *self.applied.borrow()
+    }
+
+    /// Waits until the registry offset `offset` is applied here.
+    pub async fn applied(&self, offset: i64) {
+        let mut applied = self.applied.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail while we borrow it.
+        let _ = applied.wait_for(|a| *a >= offset).await;
     }
 
     /// The registry's entry `id`.
@@ -305,10 +327,23 @@ fn secret_digest(org: &OrganizationSettings) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// `settings` with the registry's organizations added (a registry entry wins over the file's),
+/// read to its end once, when the registry is enabled: for the commands that run once
+/// (`resend`, `redrive`).
+pub async fn with_registered(mut settings: Settings) -> anyhow::Result<Settings> {
+    if settings.registry.is_none() {
+        return Ok(settings);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_, follower) = read_once(&mut settings, &stop).await?;
+    stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+    Ok(settings)
+}
+
 /// Reads the registry to its end once (when enabled) and adds its organizations to
-/// `settings.organizations` (a registry entry wins over the file's): for the commands that run
-/// once (`resend`, `redrive`, `organizations`). Returns the registry, still followed until
-/// `stop`.
+/// `settings.organizations` (a registry entry wins over the file's). Returns the registry,
+/// still followed until `stop` (the `organizations` command writes through it).
 pub async fn read_once(
     settings: &mut Settings,
     stop: &tokio_util::sync::CancellationToken,

@@ -154,13 +154,8 @@ impl Writer {
 
     /// Waits until this replica's follower applied `offset`.
     async fn applied(&self, offset: i64) -> Result<(), WriteError> {
-        let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
-        while self.registry.applied_offset() < offset {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(WriteError::NotApplied(offset));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        tokio::time::timeout(APPLY_PATIENCE, self.registry.applied(offset))
+            .await
+            .map_err(|_| WriteError::NotApplied(offset))
     }
 }
