@@ -17,7 +17,7 @@ use serde_json::Value;
 use support::kafka;
 use support::receiver::{Received, Receiver};
 use support::records;
-use support::service::{free_port, organization, Service, Topics};
+use support::service::{local_address, organization, Service, Topics};
 
 /// A short session timeout: partitions of a stopped member move on quickly.
 const SESSION: &str =
@@ -25,12 +25,7 @@ const SESSION: &str =
 
 /// The value of the series of `name` with every one of `labels` in the service's `/metrics`.
 async fn metric(listen: SocketAddr, name: &str, labels: &[&str]) -> f64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("/metrics body");
+    let text = support::service::metrics_text(listen).await;
     text.lines()
         .filter(|line| {
             line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
@@ -40,10 +35,6 @@ async fn metric(listen: SocketAddr, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// The webhook ids in what a receiver got with a 2xx, with how often each arrived.
 fn delivered_counts(received: &[Received]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -51,23 +42,6 @@ fn delivered_counts(received: &[Received]) -> HashMap<String, usize> {
         *counts.entry(r.event_id()).or_insert(0) += 1;
     }
     counts
-}
-
-fn ids(records: &[(String, Vec<u8>)]) -> HashSet<String> {
-    records
-        .iter()
-        .map(|(_, v)| records::event_of(v).id)
-        .collect()
-}
-
-/// Waits until every id of `want` was delivered to `receiver`.
-async fn wait_delivered(receiver: &Receiver, want: &HashSet<String>, deadline: Duration) {
-    receiver
-        .wait_until(deadline, "every event delivered", |received| {
-            let got = delivered_counts(received);
-            want.iter().all(|id| got.contains_key(id))
-        })
-        .await;
 }
 
 /// `changes` changes of each of `users` users of `organization`, change by change: one key per
@@ -142,7 +116,7 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
         receivers.push(Receiver::start(if i < DOWN { 503 } else { 200 }).await);
     }
     let org = |i: usize| format!("org-{i:02}");
-    let address = listen();
+    let address = local_address();
     let mut config = topics.config_listening(
         address,
         "max_pending_records = 60\nmax_pending_per_organization = 20",
@@ -173,8 +147,10 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
         kafka::produce(&topics.input, &batch).await;
         // The healthy organizations get this round while the others' retries go on.
         for (i, receiver) in receivers.iter().enumerate().skip(DOWN) {
-            let want = ids(&all[i]);
-            wait_delivered(receiver, &want, Duration::from_secs(20)).await;
+            let want = records::ids(&all[i]);
+            receiver
+                .wait_delivered(&want, Duration::from_secs(20), "every event delivered")
+                .await;
         }
         slowest = slowest.max(started.elapsed());
     }
@@ -217,7 +193,7 @@ async fn an_outage_costs_only_the_organizations_that_have_it() {
         let got = delivered_counts(&receiver.received());
         assert_eq!(
             got.keys().cloned().collect::<HashSet<_>>(),
-            ids(&all[i]),
+            records::ids(&all[i]),
             "{} got exactly its events",
             org(i)
         );
@@ -248,8 +224,10 @@ async fn an_endpoint_down_then_back_gets_everything_in_order() {
         )
         .await;
     flaky.answer(200);
-    let want = ids(&input);
-    wait_delivered(&flaky, &want, Duration::from_secs(60)).await;
+    let want = records::ids(&input);
+    flaky
+        .wait_delivered(&want, Duration::from_secs(60), "every event delivered")
+        .await;
 
     let received = flaky.received();
     let counts = delivered_counts(&received);
@@ -308,8 +286,9 @@ async fn sigkill_while_events_are_parked_loses_nothing() {
     down.answer(200);
 
     let _second = Service::start(&config, &[]);
-    let want = ids(&input);
-    wait_delivered(&down, &want, Duration::from_secs(90)).await;
+    let want = records::ids(&input);
+    down.wait_delivered(&want, Duration::from_secs(90), "every event delivered")
+        .await;
     assert_key_order(&down.received(), &input, USERS);
     assert_eq!(
         records::record_count(&topics.dead_letter).await,
@@ -434,13 +413,15 @@ async fn a_rolling_restart_during_an_outage_continues_every_schedule() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(dead_ids, ids(&down_input), "each down event once");
+    assert_eq!(dead_ids, records::ids(&down_input), "each down event once");
 
     let mut duplicates = 0;
     let mut total = 0;
     for (i, receiver) in healthy.iter().enumerate() {
-        let want = ids(&sent[i]);
-        wait_delivered(receiver, &want, Duration::from_secs(60)).await;
+        let want = records::ids(&sent[i]);
+        receiver
+            .wait_delivered(&want, Duration::from_secs(60), "every event delivered")
+            .await;
         let counts = delivered_counts(&receiver.received());
         assert_key_order(&receiver.received(), &sent[i], 5);
         total += want.len();

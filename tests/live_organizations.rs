@@ -13,34 +13,19 @@ use support::admin::{endpoint, Api, TOKEN};
 use support::kafka;
 use support::receiver::Receiver;
 use support::records;
-use support::service::{free_port, organization, registry_sections, Service, Topics};
-
-fn listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-fn ids(records: &[(String, Vec<u8>)]) -> HashSet<String> {
-    records
-        .iter()
-        .map(|(_, v)| records::event_of(v).id)
-        .collect()
-}
+use support::service::{
+    fresh_registry, local_address, organization, registry_sections, Service, Topics,
+};
 
 /// An organization put through the admin API of a running replica receives its events; the
 /// registry is read to its end before input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_organization_put_through_the_api_receives_its_events() {
     let topics = Topics::create(3).await;
-    let registry = kafka::unique_name("organizations");
-    kafka::create_registry_topic(&registry).await;
     let receiver = Receiver::start(200).await;
-    let admin = listen();
-    let config = topics.config("") + &registry_sections(&registry, Some(admin));
-    let service = Service::start(&config, &[("ADMIN_TOKEN", TOKEN)]);
-    service.wait_log(
-        "organization registry read to its end",
-        Duration::from_secs(30),
-    );
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
+    let _service = Service::start_with_registry(&(topics.config("") + &sections), &[]);
 
     let api = Api::new(admin);
     let (status, body) = api.put("acme", &endpoint(&receiver.url, json!({}))).await;
@@ -54,16 +39,9 @@ async fn an_organization_put_through_the_api_receives_its_events() {
 
     let input = records::users_created("acme", 30);
     kafka::produce(&topics.input, &input).await;
-    let want = ids(&input);
+    let want = records::ids(&input);
     receiver
-        .wait_until(
-            Duration::from_secs(30),
-            "every event delivered",
-            |received| {
-                let got: HashSet<String> = received.iter().map(|r| r.event_id()).collect();
-                want.is_subset(&got)
-            },
-        )
+        .wait_delivered(&want, Duration::from_secs(30), "every event delivered")
         .await;
 }
 
@@ -82,20 +60,6 @@ fn changes(org: &str, from: usize, n: usize) -> Vec<(String, Vec<u8>)> {
 /// The webhook ids a receiver got with a 2xx.
 fn delivered_ids(receiver: &Receiver) -> HashSet<String> {
     receiver.delivered().iter().map(|r| r.event_id()).collect()
-}
-
-/// Waits until every id of `want` was delivered to `receiver`.
-async fn wait_delivered(receiver: &Receiver, want: &HashSet<String>, deadline: Duration) {
-    receiver
-        .wait_until(deadline, "every event delivered", |received| {
-            let got: HashSet<String> = received
-                .iter()
-                .filter(|r| (200..300).contains(&r.status))
-                .map(|r| r.event_id())
-                .collect();
-            want.is_subset(&got)
-        })
-        .await;
 }
 
 /// The partitions of a `?partitions` log field (`"[0, 3]"`).
@@ -276,12 +240,11 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     const PARTITIONS: i32 = 6;
     let started = Instant::now();
     let topics = Topics::create(PARTITIONS).await;
-    let registry = kafka::unique_name("organizations");
-    kafka::create_registry_topic(&registry).await;
+    let (registry, _) = fresh_registry(None, None).await;
     let warm = Receiver::start(200).await;
     let a = Receiver::start(200).await;
     let b = Receiver::start(200).await;
-    let admins: Vec<SocketAddr> = (0..3).map(|_| listen()).collect();
+    let admins: Vec<SocketAddr> = (0..3).map(|_| local_address()).collect();
     let configs: Vec<String> = admins
         .iter()
         .map(|admin| {
@@ -307,7 +270,12 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     // Every partition is taken: a file organization's events on all of them arrive.
     let warm_up = changes("warm", 0, 30);
     kafka::produce(&topics.input, &warm_up).await;
-    wait_delivered(&warm, &ids(&warm_up), Duration::from_secs(30)).await;
+    warm.wait_delivered(
+        &records::ids(&warm_up),
+        Duration::from_secs(30),
+        "every event delivered",
+    )
+    .await;
     let apis: Vec<Api> = admins.iter().map(|admin| Api::new(*admin)).collect();
     eprintln!("three replicas ready after {:?}", started.elapsed());
 
@@ -322,7 +290,8 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     // Within 10 s of the PUT's answer (the promise: well under 5 s, plus slack for a loaded
     // machine).
     let left = Duration::from_secs(10).saturating_sub(put_returned.elapsed());
-    wait_delivered(&a, &ids(&first), left).await;
+    a.wait_delivered(&records::ids(&first), left, "every event delivered")
+        .await;
     eprintln!(
         "acme: {} events produced {produced:?} and delivered {:?} after its PUT returned",
         first.len(),
@@ -366,7 +335,12 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     eprintln!("acme's change applied on every process {took:?} after its PUT returned");
     let second = changes("acme", 60, 60);
     kafka::produce(&topics.input, &second).await;
-    wait_delivered(&b, &ids(&second), Duration::from_secs(10)).await;
+    b.wait_delivered(
+        &records::ids(&second),
+        Duration::from_secs(10),
+        "every event delivered",
+    )
+    .await;
 
     // c. Removed through process 2: nothing of it is delivered anywhere afterwards.
     let (status, body) = apis[2].delete("acme").await;
@@ -386,17 +360,22 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     kafka::produce(&topics.input, &third).await;
     kafka::produce(&topics.input, &warm_after).await;
     all_done(&topics, PARTITIONS, false, Duration::from_secs(30)).await;
-    wait_delivered(&warm, &ids(&warm_after), Duration::from_secs(10)).await;
+    warm.wait_delivered(
+        &records::ids(&warm_after),
+        Duration::from_secs(10),
+        "every event delivered",
+    )
+    .await;
     let (to_a, to_b) = (delivered_ids(&a), delivered_ids(&b));
     assert!(
-        to_a.is_disjoint(&ids(&second)),
+        to_a.is_disjoint(&records::ids(&second)),
         "nothing sent to the old URL after the change"
     );
     assert!(
-        to_a.is_disjoint(&ids(&third)) && to_b.is_disjoint(&ids(&third)),
+        to_a.is_disjoint(&records::ids(&third)) && to_b.is_disjoint(&records::ids(&third)),
         "nothing of acme delivered after its removal: {} to A, {} to B",
-        to_a.intersection(&ids(&third)).count(),
-        to_b.intersection(&ids(&third)).count()
+        to_a.intersection(&records::ids(&third)).count(),
+        to_b.intersection(&records::ids(&third)).count()
     );
 
     // d. A restarted process rebuilds the registry from the topic.
@@ -420,7 +399,12 @@ async fn three_replicas_follow_changes_made_through_the_api() {
     settled(&services, PARTITIONS, Duration::from_secs(60)).await;
     let globex = changes("globex", 0, 60);
     kafka::produce(&topics.input, &globex).await;
-    wait_delivered(&g, &ids(&globex), Duration::from_secs(10)).await;
+    g.wait_delivered(
+        &records::ids(&globex),
+        Duration::from_secs(10),
+        "every event delivered",
+    )
+    .await;
     wait_delivered_by_each(&services, "globex", Duration::from_secs(10)).await;
     eprintln!("test took {:?}", started.elapsed());
 }
@@ -473,10 +457,9 @@ async fn a_rolling_restart_while_organizations_change_skips_nothing_owed() {
     const QUIET: usize = 1000;
     let started = Instant::now();
     let topics = Topics::create(PARTITIONS).await;
-    let registry = kafka::unique_name("organizations");
-    kafka::create_registry_topic(&registry).await;
+    let (registry, _) = fresh_registry(None, None).await;
     let receiver = Receiver::start(200).await;
-    let admins: Vec<SocketAddr> = (0..3).map(|_| listen()).collect();
+    let admins: Vec<SocketAddr> = (0..3).map(|_| local_address()).collect();
     let configs: Vec<String> = admins
         .iter()
         .map(|admin| topics.config_with(SESSION, "") + &registry_sections(&registry, Some(*admin)))
@@ -692,17 +675,11 @@ async fn a_rolling_restart_while_organizations_change_skips_nothing_owed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_their_retries_go_to_the_changed_url_at_their_next_attempt() {
     let topics = Topics::create(2).await;
-    let registry = kafka::unique_name("organizations");
-    kafka::create_registry_topic(&registry).await;
     let down = Receiver::start(503).await;
     let up = Receiver::start(200).await;
-    let admin = listen();
-    let config = topics.config("") + &registry_sections(&registry, Some(admin));
-    let service = Service::start(&config, &[("ADMIN_TOKEN", TOKEN)]);
-    service.wait_log(
-        "organization registry read to its end",
-        Duration::from_secs(30),
-    );
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
+    let _service = Service::start_with_registry(&(topics.config("") + &sections), &[]);
     // Retries 2, 4, 6, 8 and 10 s after the first attempt (time compressed for the test).
     let retry = json!({ "retry": {
         "schedule": ["2s", "4s", "6s", "8s", "10s"], "max_jitter": "0s", "budget": "12s",
@@ -714,7 +691,7 @@ async fn events_in_their_retries_go_to_the_changed_url_at_their_next_attempt() {
 
     let input = records::users_created("acme", 6);
     kafka::produce(&topics.input, &input).await;
-    let want = ids(&input);
+    let want = records::ids(&input);
     // Every event failed its first attempt at the old endpoint.
     down.wait_until(
         Duration::from_secs(30),
@@ -729,13 +706,10 @@ async fn events_in_their_retries_go_to_the_changed_url_at_their_next_attempt() {
     assert_eq!(status, 200, "{body}");
     let changed = Instant::now();
 
-    up.wait_until(
+    up.wait_delivered(
+        &want,
         Duration::from_secs(30),
         "every event delivered at the new URL",
-        |received| {
-            let got: HashSet<String> = received.iter().map(|r| r.event_id()).collect();
-            want.is_subset(&got)
-        },
     )
     .await;
     // At their next retry (2 s after the first attempt at the latest), not after a new

@@ -19,11 +19,9 @@ use support::command::{self, Run};
 use support::kafka;
 use support::receiver::{Received, Receiver};
 use support::records;
-use support::service::{free_port, organization, registry_sections, Service, Topics};
-
-fn listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
+use support::service::{
+    fresh_registry, local_address, organization, registry_sections, Service, Topics,
+};
 
 /// A Standard Webhooks secret: `whsec_` + base64 of 32 bytes derived from `seed`.
 fn secret(seed: &str) -> String {
@@ -77,54 +75,11 @@ fn signature_entries(r: &Received) -> Vec<String> {
         .collect()
 }
 
-fn ids(records: &[(String, Vec<u8>)]) -> HashSet<String> {
-    records
-        .iter()
-        .map(|(_, v)| records::event_of(v).id)
-        .collect()
-}
-
 /// Waits until `receiver` got every event of `records` with a 2xx.
 async fn wait_delivered(receiver: &Receiver, records: &[(String, Vec<u8>)], what: &str) {
-    let want = ids(records);
     receiver
-        .wait_until(Duration::from_secs(30), what, |received| {
-            let got: HashSet<String> = received
-                .iter()
-                .filter(|r| (200..300).contains(&r.status))
-                .map(Received::event_id)
-                .collect();
-            want.is_subset(&got)
-        })
+        .wait_delivered(&records::ids(records), Duration::from_secs(30), what)
         .await;
-}
-
-/// A fresh registry topic, and the `[registry]` section following it (with `secret_refresh`
-/// when given) plus an `[admin]` section on `admin` when given.
-async fn registry(admin: Option<SocketAddr>, secret_refresh: Option<&str>) -> (String, String) {
-    let topic = kafka::unique_name("organizations");
-    kafka::create_registry_topic(&topic).await;
-    let mut sections = registry_sections(&topic, admin);
-    if let Some(every) = secret_refresh {
-        sections = sections.replacen(
-            "enabled = true\n",
-            &format!("enabled = true\nsecret_refresh = \"{every}\"\n"),
-            1,
-        );
-    }
-    (topic, sections)
-}
-
-/// Starts the service and waits until it has read the registry.
-fn start(config: &str, env: &[(&str, &str)]) -> Service {
-    let mut all = vec![("ADMIN_TOKEN", TOKEN)];
-    all.extend_from_slice(env);
-    let service = Service::start(config, &all);
-    service.wait_log(
-        "organization registry read to its end",
-        Duration::from_secs(30),
-    );
-    service
 }
 
 /// Writes `config` to a file of `dir`, for the commands that take `--config`.
@@ -153,11 +108,11 @@ fn replace_atomically(path: &Path, content: &str) {
 async fn the_admin_api_validates_like_check_config_and_never_echoes_secrets() {
     let topics = Topics::create(1).await;
     let receiver = Receiver::start(200).await;
-    let admin = listen();
-    let (_, sections) = registry(Some(admin), None).await;
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
     let signing = secret("api-signing");
     let pasted = secret("pasted-in-clear");
-    let service = start(
+    let service = Service::start_with_registry(
         &(topics.config("") + &sections),
         &[("SIGNING", signing.as_str())],
     );
@@ -404,10 +359,10 @@ async fn a_ping_reaches_the_endpoint_signed() {
     let topics = Topics::create(1).await;
     let receiver = Receiver::start(200).await;
     let failing = Receiver::start(503).await;
-    let admin = listen();
-    let (_, sections) = registry(Some(admin), None).await;
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
     let signing = secret("ping-signing");
-    let _service = start(
+    let _service = Service::start_with_registry(
         &(topics.config("") + &sections),
         &[("SIGNING", signing.as_str())],
     );
@@ -490,15 +445,15 @@ async fn a_ping_reaches_the_endpoint_signed() {
 async fn rotation_with_two_signing_secrets_verifies_with_either() {
     let topics = Topics::create(2).await;
     let receiver = Receiver::start(200).await;
-    let admin = listen();
-    let (_, sections) = registry(Some(admin), None).await;
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
     let old = secret("rotation-old");
     let new = secret("rotation-new");
     // The retiring secret from a file, the new one from the environment: both kinds of reference.
     let dir = tempfile::tempdir().unwrap();
     let old_file = dir.path().join("previous-signing");
     std::fs::write(&old_file, format!("{old}\n")).unwrap();
-    let _service = start(
+    let _service = Service::start_with_registry(
         &(topics.config("") + &sections),
         &[("NEW_SIGNING", new.as_str())],
     );
@@ -552,7 +507,7 @@ async fn rotation_with_two_signing_secrets_verifies_with_either() {
         .collect::<Vec<_>>();
     kafka::produce(&topics.input, &later).await;
     wait_delivered(&receiver, &later, "the events after the rotation").await;
-    let want = ids(&later);
+    let want = records::ids(&later);
     for r in receiver
         .received()
         .iter()
@@ -575,14 +530,14 @@ async fn rotation_with_two_signing_secrets_verifies_with_either() {
 async fn a_secret_file_changed_in_place_applies_without_a_restart() {
     let topics = Topics::create(1).await;
     let receiver = Receiver::start(200).await;
-    let admin = listen();
-    let (_, sections) = registry(Some(admin), Some("200ms")).await;
+    let admin = local_address();
+    let (_, sections) = fresh_registry(Some(admin), Some("200ms")).await;
     let a = secret("file-secret-a");
     let b = secret("file-secret-b");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("signing");
     std::fs::write(&file, format!("{a}\n")).unwrap();
-    let service = start(&(topics.config("") + &sections), &[]);
+    let service = Service::start_with_registry(&(topics.config("") + &sections), &[]);
     let api = Api::new(admin);
     let value = endpoint(
         &receiver.url,
@@ -638,7 +593,7 @@ async fn a_secret_file_changed_in_place_applies_without_a_restart() {
         .collect::<Vec<_>>();
     kafka::produce(&topics.input, &after).await;
     wait_delivered(&receiver, &after, "the events after the switch").await;
-    let want = ids(&after);
+    let want = records::ids(&after);
     for r in receiver
         .received()
         .iter()
@@ -680,11 +635,11 @@ async fn the_organizations_command_puts_gets_lists_and_deletes_through_the_topic
     let topics = Topics::create(1).await;
     let acme = Receiver::start(200).await;
     let globex = Receiver::start(200).await;
-    let (_, sections) = registry(None, None).await;
+    let (_, sections) = fresh_registry(None, None).await;
     let config = topics.config("") + &sections;
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), &config);
-    let _service = start(&config, &[]);
+    let _service = Service::start_with_registry(&config, &[]);
 
     let acme_value = endpoint(&acme.url, json!({ "concurrency": 2 })).to_string();
     let put = organizations(&path, &["put", "acme", "--value", &acme_value]).await;
@@ -809,13 +764,13 @@ async fn the_organizations_command_puts_gets_lists_and_deletes_through_the_topic
 async fn resend_sends_a_registry_organizations_history() {
     let topics = Topics::create(2).await;
     let receiver = Receiver::start(200).await;
-    let admin = listen();
-    let (topic, sections) = registry(Some(admin), None).await;
+    let admin = local_address();
+    let (topic, sections) = fresh_registry(Some(admin), None).await;
     let signing = secret("resend-signing");
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("signing");
     std::fs::write(&secret_file, &signing).unwrap();
-    let service = start(&(topics.config("") + &sections), &[]);
+    let service = Service::start_with_registry(&(topics.config("") + &sections), &[]);
     let api = Api::new(admin);
     let value = endpoint(
         &receiver.url,
@@ -853,7 +808,7 @@ async fn resend_sends_a_registry_organizations_history() {
     assert_eq!(resent.len(), 8, "each once: {resent:?}");
     assert_eq!(
         resent.into_iter().collect::<HashSet<_>>(),
-        ids(&input),
+        records::ids(&input),
         "the same ids again"
     );
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -882,12 +837,7 @@ async fn resend_sends_a_registry_organizations_history() {
 
 /// The series of the service's `/metrics`: `name{labels}` → value.
 async fn scrape(listen: SocketAddr) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("/metrics body");
+    let text = support::service::metrics_text(listen).await;
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
@@ -914,12 +864,12 @@ async fn registry_organizations_are_labelled_only_when_they_opt_in() {
     let plain = Receiver::start(200).await;
     let labelled = Receiver::start(200).await;
     let filed = Receiver::start(200).await;
-    let admin = listen();
-    let server = listen();
-    let (_, sections) = registry(Some(admin), None).await;
+    let admin = local_address();
+    let server = local_address();
+    let (_, sections) = fresh_registry(Some(admin), None).await;
     let config =
         topics.config_listening(server, "") + &sections + &organization("filed", &filed.url, "");
-    let _service = start(&config, &[]);
+    let _service = Service::start_with_registry(&config, &[]);
     let api = Api::new(admin);
     assert_eq!(
         api.put("plain", &endpoint(&plain.url, json!({}))).await.0,

@@ -8,8 +8,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -24,25 +22,12 @@ use support::service::{free_port, organization, Service, Topics};
 const OUTPUT_LIMIT: usize = 4096;
 
 async fn create_topic_with_limit(name: &str, max_message_bytes: Option<usize>) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .expect("admin client");
     let limit = max_message_bytes.map(|b| b.to_string());
-    let mut topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
-    if let Some(limit) = &limit {
-        topic = topic.set("max.message.bytes", limit);
-    }
-    let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics request");
-    for result in results {
-        result.unwrap_or_else(|(topic, err)| panic!("cannot create topic {topic}: {err}"));
-    }
+    let configs: Vec<(&str, &str)> = limit
+        .iter()
+        .map(|limit| ("max.message.bytes", limit.as_str()))
+        .collect();
+    kafka::create_topic_with(name, 1, &configs).await;
 }
 
 /// Fresh topics; the dead-letter and rejected ones limited to [`OUTPUT_LIMIT`] bytes a record.
@@ -108,12 +93,7 @@ async fn wait_committed(topics: &Topics, offset: i64, deadline: Duration) {
 /// The value of the series of `name` with every one of `labels` (`key="value"`) in the
 /// service's `/metrics`, 0 when absent.
 async fn metric(listen: SocketAddr, name: &str, labels: &[&str]) -> f64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("/metrics body");
+    let text = support::service::metrics_text(listen).await;
     text.lines()
         .filter(|line| line.starts_with(&format!("{name}{{")))
         .filter(|line| labels.iter().all(|l| line.contains(l)))

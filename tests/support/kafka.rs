@@ -76,33 +76,29 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics request");
-    for result in results {
-        result.unwrap_or_else(|(topic, err)| panic!("cannot create topic {topic}: {err}"));
-    }
+    create_topic_with(name, partitions, &[]).await;
 }
 
 /// A fresh organization registry topic as `run` wants it: one partition, compacted, stamped by
 /// the broker.
 pub async fn create_registry_topic(name: &str) {
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("message.timestamp.type", "LogAppendTime"),
+    ];
+    create_topic_with(name, 1, &configs).await;
+}
+
+/// Creates `name` with `partitions` and the topic `configs`; panics when the broker refuses.
+pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "compact")
-        .set("message.timestamp.type", "LogAppendTime");
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
     let results = admin
         .create_topics(
             [&topic],

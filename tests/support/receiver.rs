@@ -166,6 +166,19 @@ impl Receiver {
             }
         }
     }
+
+    /// Waits until every id of `want` was answered with a 2xx, or panics at the deadline.
+    pub async fn wait_delivered(&self, want: &HashSet<String>, deadline: Duration, what: &str) {
+        self.wait_until(deadline, what, |received| {
+            let got: HashSet<String> = received
+                .iter()
+                .filter(|r| (200..300).contains(&r.status))
+                .map(Received::event_id)
+                .collect();
+            want.is_subset(&got)
+        })
+        .await;
+    }
 }
 
 async fn handle(

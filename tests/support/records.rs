@@ -1,7 +1,7 @@
 //! Consent-change records for the pipeline tests, the webhook events the pure core derives from
 //! them, and where each record landed on the input topic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use consent_webhooks::derive::{derive_record, Derived, Rules};
@@ -73,6 +73,11 @@ pub fn users_created(organization: &str, n: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The webhook event the pure core derives from a record that yields one.
+/// The webhook ids the records derive to.
+pub fn ids(records: &[(String, Vec<u8>)]) -> HashSet<String> {
+    records.iter().map(|(_, v)| event_of(v).id).collect()
+}
+
 pub fn event_of(value: &[u8]) -> WebhookEvent {
     match derive_record(value, &Rules::default()).expect("a valid record") {
         Derived::Webhook(event) => event,

@@ -51,6 +51,40 @@ impl Topics {
     }
 }
 
+/// The text of the service's `/metrics` on `listen`.
+pub async fn metrics_text(listen: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("/metrics body")
+}
+
+/// 127.0.0.1 with a port that was free a moment ago (see [`free_port`]).
+pub fn local_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A fresh registry topic (created on the broker) and its sections (see
+/// [`registry_sections`]), with `secret_refresh` when given.
+pub async fn fresh_registry(
+    admin: Option<std::net::SocketAddr>,
+    secret_refresh: Option<&str>,
+) -> (String, String) {
+    let topic = kafka::unique_name("organizations");
+    kafka::create_registry_topic(&topic).await;
+    let mut sections = registry_sections(&topic, admin);
+    if let Some(every) = secret_refresh {
+        sections = sections.replacen(
+            "enabled = true\n",
+            &format!("enabled = true\nsecret_refresh = \"{every}\"\n"),
+            1,
+        );
+    }
+    (topic, sections)
+}
+
 /// The `[registry]` section following `topic`, and, when `admin` is set, an `[admin]` section
 /// listening there with its token from the environment variable `ADMIN_TOKEN`.
 pub fn registry_sections(topic: &str, admin: Option<std::net::SocketAddr>) -> String {
@@ -117,6 +151,19 @@ impl Service {
             // Polls a file the child writes: there is nothing to wait on but the file itself.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the service with `ADMIN_TOKEN` (and `env`) set, and waits until it has read the
+    /// organization registry to its end.
+    pub fn start_with_registry(config: &str, env: &[(&str, &str)]) -> Service {
+        let mut all = vec![("ADMIN_TOKEN", super::admin::TOKEN)];
+        all.extend_from_slice(env);
+        let service = Service::start(config, &all);
+        service.wait_log(
+            "organization registry read to its end",
+            Duration::from_secs(30),
+        );
+        service
     }
 
     pub fn logs(&self) -> String {
