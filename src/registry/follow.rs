@@ -205,17 +205,18 @@ fn apply_record(
                 .map_err(|e| format!("organizations.{id}: {e}"))
                 .map(|toml| {
                     let settings = registry.validate(id, &toml).map_err(|e| e.to_string());
-                    (to_json(&toml), settings)
+                    (to_json(&toml), mentions_file(&toml), settings)
                 });
             let entry = match checked {
-                Ok((value, Ok(settings))) => Entry {
+                Ok((value, reads_files, Ok(settings))) => Entry {
                     value,
                     settings: Some(Arc::new(settings)),
                     registered_at,
                     offset,
                     error: None,
+                    reads_files,
                 },
-                Ok((_, Err(message))) | Err(message) => {
+                Ok((_, _, Err(message))) | Err(message) => {
                     error!(organization_id = id, offset, error = %message, "registry value does not validate here: the organization keeps its previous settings, if any");
                     metrics.registry_invalid_values.inc();
                     let previous = previous.filter(|p| p.settings.is_some());
@@ -223,6 +224,7 @@ fn apply_record(
                         value: previous
                             .as_ref()
                             .map_or(serde_json::Value::Null, |p| p.value.clone()),
+                        reads_files: previous.as_ref().is_some_and(|p| p.reads_files),
                         settings: previous.and_then(|p| p.settings),
                         registered_at,
                         offset,
@@ -264,7 +266,8 @@ fn refresh_secrets(registry: &Registry, apply: &Apply) {
     let entries: Vec<(String, Entry)> = registry
         .read()
         .iter()
-        .filter(|(_, e)| e.settings.is_some())
+        // Only those naming a secret file: the others have nothing to read again.
+        .filter(|(_, e)| e.settings.is_some() && e.reads_files)
         .map(|(id, e)| (id.clone(), e.clone()))
         .collect();
     for (id, entry) in entries {

@@ -60,6 +60,8 @@ pub struct Entry {
     pub offset: i64,
     /// Why the value does not validate here, for the API.
     pub error: Option<String>,
+    /// Whether the value names a secret file (read again every `secret_refresh`).
+    pub reads_files: bool,
 }
 
 impl Entry {
