@@ -331,7 +331,8 @@ impl Dispatcher {
                 };
                 submit(lane, self.shared.clone(), key, job);
             }
-            Route::Skip | Route::Wait => self.shared.cx.progress.complete(&held.ticket),
+            Route::Skip => self.shared.cx.progress.complete(&held.ticket),
+            Route::Wait => unreachable!("waiting events stay in `Waiting`: callers keep them"),
         }
     }
 
