@@ -151,8 +151,13 @@ impl LaneMetrics {
 
 #[derive(Default)]
 struct LaneState {
-    /// Keys with a worker running, and the events waiting behind it.
+    /// Keys with an event in progress or ready, and the events waiting behind it.
     keys: KeyQueues<Vec<u8>, Job>,
+    /// The next event of each key whose turn it is, in the order they became ready: what the
+    /// lane's workers take.
+    ready: VecDeque<(Vec<u8>, Job)>,
+    /// Workers running (at most the endpoint's `concurrency`).
+    workers: usize,
     /// Events in this lane that are not done yet.
     pending: usize,
 }
@@ -530,38 +535,88 @@ fn submit(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, mut job: Job) {
         job.lane_full = state.pending >= limit;
     }
     state.pending += 1;
-    let Some(job) = state.keys.submit(&key, job) else {
-        return;
-    };
-    drop(state);
-    let tasks = shared.cx.tasks.clone();
-    tasks.spawn(run_key(lane, shared, key, job));
+    if let Some(job) = state.keys.submit(&key, job) {
+        ready(&lane, &shared, state, key, job);
+    }
 }
 
-/// Takes the events of one key, one after the other, until its queue is empty.
-async fn run_key(lane: Arc<Lane>, shared: Arc<Shared>, key: Vec<u8>, first: Job) {
-    let mut job = first;
+/// `job` is its key's turn: queued for the lane's workers, and a worker started when fewer run
+/// than the endpoint's `concurrency` (more could only wait for its permits).
+fn ready(
+    lane: &Arc<Lane>,
+    shared: &Arc<Shared>,
+    mut state: std::sync::MutexGuard<'_, LaneState>,
+    key: Vec<u8>,
+    job: Job,
+) {
+    state.ready.push_back((key, job));
+    if state.workers < lane.current().target.endpoint.settings.concurrency.max(1) {
+        state.workers += 1;
+        drop(state);
+        shared
+            .cx
+            .tasks
+            .spawn(work_lane(lane.clone(), shared.clone()));
+    }
+}
+
+/// A lane's worker: takes the ready events one after the other until none is left. Events
+/// without an attempt (parked at once, skipped) are handed to a task of their own, so that
+/// parking a lane's backlog (a revoke, a full lane) is never paced by its concurrency.
+async fn work_lane(lane: Arc<Lane>, shared: Arc<Shared>) {
     loop {
-        let span = tracing::info_span!(
-            "deliver",
-            organization_id = %job.event.organization_id,
-            event_id = %job.event.id,
-            change_id = %job.event.change_id,
-            partition = job.source.partition,
-            offset = job.source.offset,
-        );
-        let outcome = first_attempt(&lane, &shared, &key, &job)
-            .instrument(span)
-            .await;
-        if outcome != Outcome::Abandoned {
-            shared.cx.progress.complete(&job.ticket);
+        let (key, job) = {
+            let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+            match state.ready.pop_front() {
+                Some(next) => next,
+                None => {
+                    state.workers -= 1;
+                    return;
+                }
+            }
+        };
+        if without_attempt(&lane, &shared, &key, &job) {
+            let (lane, shared2) = (lane.clone(), shared.clone());
+            shared.cx.tasks.spawn(async move {
+                run_job(&lane, &shared2, key, job).await;
+            });
+        } else {
+            run_job(&lane, &shared, key, job).await;
         }
-        let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.pending -= 1;
-        match state.keys.next(&key) {
-            Some(next) => job = next,
-            None => return,
-        }
+    }
+}
+
+/// Whether the event ends without an attempt: skipped, or parked at once.
+fn without_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> bool {
+    let parking = &shared.cx.parking;
+    lane.removed.load(Ordering::SeqCst)
+        || job.lane_full
+        || job.ticket.leave.is_cancelled()
+        || parking.has_parked(job.source.partition, key)
+        || parking.contains(job.source.partition, key, job.source.offset)
+}
+
+/// One event's turn, then its key's next event made ready (or the key idle).
+async fn run_job(lane: &Arc<Lane>, shared: &Arc<Shared>, key: Vec<u8>, job: Job) {
+    let span = tracing::info_span!(
+        "deliver",
+        organization_id = %job.event.organization_id,
+        event_id = %job.event.id,
+        change_id = %job.event.change_id,
+        partition = job.source.partition,
+        offset = job.source.offset,
+    );
+    let outcome = first_attempt(lane, shared, &key, &job)
+        .instrument(span)
+        .await;
+    if outcome != Outcome::Abandoned {
+        shared.cx.progress.complete(&job.ticket);
+    }
+    drop(job);
+    let mut state = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.pending -= 1;
+    if let Some(next) = state.keys.next(&key) {
+        ready(lane, shared, state, key, next);
     }
 }
 
