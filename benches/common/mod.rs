@@ -227,23 +227,29 @@ pub fn vm_mb(pid: u32, field: &str) -> f64 {
 }
 
 /// The service as a child process; on the CPUs of BENCH_SERVICE_CPUS (a `taskset -c` list)
-/// when that is set.
+/// when that is set, under the command of BENCH_SERVICE_PREFIX when that is set (a profiler:
+/// `BENCH_SERVICE_PREFIX="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"`). Logs at
+/// `info`, as deployed, unless BENCH_RUST_LOG says otherwise.
 pub fn spawn_service(config: &str, dir: &Path) -> Child {
     let config_path = dir.join("bench.toml");
     std::fs::write(&config_path, config).unwrap();
-    let binary = env!("CARGO_BIN_EXE_consent-webhooks");
-    let mut command = match std::env::var("BENCH_SERVICE_CPUS") {
-        Ok(cpus) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpus, binary]);
-            c
-        }
-        Err(_) => Command::new(binary),
-    };
+    let mut argv: Vec<String> = Vec::new();
+    if let Ok(cpus) = std::env::var("BENCH_SERVICE_CPUS") {
+        argv.extend(["taskset".into(), "-c".into(), cpus]);
+    }
+    if let Ok(prefix) = std::env::var("BENCH_SERVICE_PREFIX") {
+        argv.extend(prefix.split_whitespace().map(str::to_owned));
+    }
+    argv.push(env!("CARGO_BIN_EXE_consent-webhooks").to_owned());
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
     command
         .args(["run", "--config"])
         .arg(&config_path)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap()
