@@ -89,10 +89,10 @@ pub(super) const DELIVERY_KEYS: Keys = &[
     ("max_response_body_bytes", "max_response_body_bytes = 65536"),
     ("endpoint_concurrency", "endpoint_concurrency = 16"),
     ("max_in_flight_requests", "max_in_flight_requests = 512"),
-    ("max_pending_records", "max_pending_records = 20000"),
+    ("max_pending_records", "max_pending_records = 5000"),
     (
         "max_pending_per_organization",
-        "max_pending_per_organization = 10000",
+        "max_pending_per_organization = 2500",
     ),
     ("max_parked_in_memory", "max_parked_in_memory = 50000"),
     ("drain_timeout", r#"drain_timeout = "15s""#),

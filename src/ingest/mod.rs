@@ -411,8 +411,11 @@ impl Ingest {
         let defaults = [
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("auto.offset.reset", "earliest"),
-            // Pre-fetched bytes held by librdkafka; its default (64 MB) dwarfs our own buffers.
-            ("queued.max.messages.kbytes", "16384"),
+            // Pre-fetched bytes held by librdkafka, and the most one fetch response brings: its
+            // defaults (64 MB, 50 MB) dwarf our own buffers. 8 MB is ~8,000 records of 1 KB, more
+            // than `max_pending_records` takes at a time.
+            ("queued.max.messages.kbytes", "8192"),
+            ("fetch.max.bytes", "8388608"),
             // Lag, committed offsets and broker liveness come from these statistics.
             ("statistics.interval.ms", "5000"),
         ];

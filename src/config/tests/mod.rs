@@ -78,8 +78,8 @@ fn minimal_file_takes_every_default() {
     assert_eq!(d.max_response_body_bytes, 65536);
     assert_eq!(d.endpoint_concurrency, 16);
     assert_eq!(d.max_in_flight_requests, 512);
-    assert_eq!(d.max_pending_records, 20_000);
-    assert_eq!(d.max_pending_per_organization, 10_000);
+    assert_eq!(d.max_pending_records, 5_000);
+    assert_eq!(d.max_pending_per_organization, 2_500);
     assert_eq!(d.drain_timeout, Duration::from_secs(15));
     assert_eq!(
         d.user_agent,

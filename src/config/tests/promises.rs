@@ -93,7 +93,7 @@ fn lane_limit_defaults_below_a_smaller_global_limit() {
             s.delivery.max_pending_records,
             s.delivery.max_pending_per_organization
         ),
-        (20_000, 100)
+        (5_000, 100)
     );
 }
 

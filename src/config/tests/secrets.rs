@@ -61,7 +61,7 @@ fn render_redacted_shows_no_secret_and_every_default() {
         "group_id = \"consent-webhooks\"",
         "listen = \"0.0.0.0:9464\"",
         "request_timeout = \"10s\"",
-        "max_pending_per_organization = 10000",
+        "max_pending_per_organization = 2500",
         "schedule = [\"5s\", \"20s\", \"50s\", \"1m 50s\", \"3m 20s\", \"4m 50s\"]",
         "budget = \"5m\"",
         "regulations = [\"gdpr\"]",
