@@ -3,7 +3,7 @@
 //! Guarantee: [`ConsentChange::parse`] either returns a record that satisfies every rule of
 //! SPEC §1, or a [`Rejection`] that names the first rule it breaks. It never panics on any input
 //! and never allocates a copy of an entity: entities stay borrowed as the exact bytes they
-//! arrived in ([`RawValue`]), so what reaches the receiver is the same JSON value, large
+//! arrived in, so what reaches the receiver is the same JSON value, large
 //! integers, unicode escapes and unknown fields included.
 //!
 //! Only the fields the contract names are looked at: the record's own fields, and in each entity
@@ -45,8 +45,8 @@ pub enum Action {
 /// One entity snapshot (`before`, `after` or `source`), kept as its original bytes.
 #[derive(Debug, Clone)]
 pub struct Entity<'a> {
-    /// The entity exactly as it arrived.
-    pub raw: &'a RawValue,
+    /// The entity exactly as it arrived: JSON text, validated with the record.
+    pub raw: &'a str,
     /// Its `id` (non-empty).
     pub id: Cow<'a, str>,
     /// Its `regulation` field, when that is a non-empty string.
@@ -176,10 +176,11 @@ impl Action {
     }
 }
 
-/// The record's top-level fields, each kept raw so that every rule can be checked by hand and
-/// reported precisely. JSON `null` reads as `None`, the same as an absent field.
+/// The record's top-level fields as serde_json reads them, each kept raw so that every rule can
+/// be checked by hand and reported precisely. JSON `null` reads as `None`, the same as an absent
+/// field. Only for records that [`rawjson::scan_record`] does not take.
 #[derive(Deserialize)]
-struct RawRecord<'a> {
+struct SerdeRecord<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -202,6 +203,95 @@ struct RawRecord<'a> {
     disable_integrations: Option<&'a RawValue>,
 }
 
+/// An entity's raw text, with its top-level members when they were found on the way.
+type RawEntity<'a> = (&'a str, Option<Members<'a>>);
+type Members<'a> = Vec<(Cow<'a, str>, &'a str)>;
+
+/// The record's top-level fields as raw JSON text, however they were read. `null` is `None`.
+#[derive(Default)]
+struct RawRecord<'a> {
+    id: Option<&'a str>,
+    organization_id: Option<&'a str>,
+    occurred_at: Option<&'a str>,
+    entity_type: Option<&'a str>,
+    action: Option<&'a str>,
+    before: Option<RawEntity<'a>>,
+    after: Option<RawEntity<'a>>,
+    source: Option<RawEntity<'a>>,
+    regulation: Option<&'a str>,
+    disable_integrations: Option<&'a str>,
+}
+
+impl<'a> RawRecord<'a> {
+    /// The fast way, one pass: [`rawjson::scan_record`]. `None` for any record it does not
+    /// take, and for a field given twice, which serde_json reports.
+    fn scan(text: &'a str) -> Option<Self> {
+        let mut record = RawRecord::default();
+        // One bit per field: serde_json refuses a field seen twice, even when it was `null`.
+        let mut seen = 0u16;
+        for member in rawjson::scan_record(text)? {
+            let value = (member.value != "null").then_some(member.value);
+            let bit = match member.key {
+                "id" => set(&mut record.id, value, 0),
+                "organization_id" => set(&mut record.organization_id, value, 1),
+                "occurred_at" => set(&mut record.occurred_at, value, 2),
+                "entity_type" => set(&mut record.entity_type, value, 3),
+                "action" => set(&mut record.action, value, 4),
+                "regulation" => set(&mut record.regulation, value, 5),
+                "disable_integrations" => set(&mut record.disable_integrations, value, 6),
+                "before" => set(&mut record.before, value.map(|v| (v, member.members)), 7),
+                "after" => set(&mut record.after, value.map(|v| (v, member.members)), 8),
+                "source" => set(&mut record.source, value.map(|v| (v, member.members)), 9),
+                _ => continue,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+        }
+        return Some(record);
+
+        fn set<T>(slot: &mut Option<T>, value: Option<T>, bit: u16) -> u16 {
+            *slot = value;
+            1 << bit
+        }
+    }
+
+    /// The slow way, for every other record: serde_json's reading, then
+    /// [`rawjson::check_structure`]; names the first thing wrong.
+    fn read(text: &'a str) -> Result<Self, Rejection> {
+        // On an object, the only non-syntax error is a duplicate key.
+        let record: SerdeRecord<'a> =
+            serde_json::from_str(text).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+        // serde_json's raw reading checks neither depth nor surrogates: refuse what a full
+        // reading would refuse, before any field is looked at.
+        rawjson::check_structure(text).map_err(|malformed| match malformed {
+            rawjson::Malformed::TooDeep => Rejection::TooDeep,
+            rawjson::Malformed::LoneSurrogate => {
+                Rejection::InvalidJson("a \\u escape holds a lone UTF-16 surrogate".into())
+            }
+            rawjson::Malformed::NumberOutOfRange => {
+                Rejection::InvalidJson("a number is out of range".into())
+            }
+            rawjson::Malformed::Broken => Rejection::InvalidJson("unbalanced JSON".into()),
+        })?;
+        let raw = |v: Option<&'a RawValue>| v.map(RawValue::get);
+        let entity = |v: Option<&'a RawValue>| v.map(|v| (v.get(), None));
+        Ok(RawRecord {
+            id: raw(record.id),
+            organization_id: raw(record.organization_id),
+            occurred_at: raw(record.occurred_at),
+            entity_type: raw(record.entity_type),
+            action: raw(record.action),
+            before: entity(record.before),
+            after: entity(record.after),
+            source: entity(record.source),
+            regulation: raw(record.regulation),
+            disable_integrations: raw(record.disable_integrations),
+        })
+    }
+}
+
 impl<'a> ConsentChange<'a> {
     /// Parses and validates one record value (the Kafka record's value, or one JSON line).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Rejection> {
@@ -219,21 +309,11 @@ impl<'a> ConsentChange<'a> {
                 Err(e) => Rejection::InvalidJson(e.to_string()),
             });
         }
-        // On an object, the only non-syntax error is a duplicate key.
-        let record: RawRecord<'a> =
-            serde_json::from_str(text).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-        // serde_json's raw reading checks neither depth nor surrogates: refuse what a full
-        // reading would refuse, before any field is looked at.
-        rawjson::check_structure(text).map_err(|malformed| match malformed {
-            rawjson::Malformed::TooDeep => Rejection::TooDeep,
-            rawjson::Malformed::LoneSurrogate => {
-                Rejection::InvalidJson("a \\u escape holds a lone UTF-16 surrogate".into())
-            }
-            rawjson::Malformed::NumberOutOfRange => {
-                Rejection::InvalidJson("a number is out of range".into())
-            }
-            rawjson::Malformed::Broken => Rejection::InvalidJson("unbalanced JSON".into()),
-        })?;
+        // Both ways refuse the same records; the slow one says why.
+        let record = match RawRecord::scan(text) {
+            Some(record) => record,
+            None => RawRecord::read(text)?,
+        };
 
         let id = required_string("id", record.id)?;
         let organization_id = required_string("organization_id", record.organization_id)?;
@@ -289,7 +369,7 @@ impl<'a> ConsentChange<'a> {
         }
 
         let regulation = match record.regulation {
-            Some(raw) => non_empty_text("regulation", raw.get())?,
+            Some(raw) => non_empty_text("regulation", raw)?,
             None => after
                 .as_ref()
                 .and_then(|e| e.regulation.clone())
@@ -299,7 +379,7 @@ impl<'a> ConsentChange<'a> {
 
         let disable_integrations = match record.disable_integrations {
             None => false,
-            Some(raw) => match raw.get() {
+            Some(raw) => match raw {
                 "true" => true,
                 "false" => false,
                 _ => {
@@ -331,8 +411,8 @@ fn first_byte(text: &str) -> Option<u8> {
     text.bytes().find(|b| !b.is_ascii_whitespace())
 }
 
-fn is_object(raw: &RawValue) -> bool {
-    first_byte(raw.get()) == Some(b'{')
+fn is_object(raw: &str) -> bool {
+    first_byte(raw) == Some(b'{')
 }
 
 /// Decodes raw JSON text (from a validated value) that must be a string: escapes resolved,
@@ -352,19 +432,19 @@ fn non_empty_text<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejecti
     Ok(value)
 }
 
-fn required_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Rejection> {
+fn required_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Cow<'a, str>, Rejection> {
     match raw {
-        Some(raw) => non_empty_text(field, raw.get()),
+        Some(raw) => non_empty_text(field, raw),
         None => Err(Rejection::MissingField(field.to_owned())),
     }
 }
 
 fn optional_entity<'a>(
     field: &'static str,
-    raw: Option<&'a RawValue>,
+    raw: Option<RawEntity<'a>>,
     organization_id: &str,
 ) -> Result<Option<Entity<'a>>, Rejection> {
-    let Some(raw) = raw else {
+    let Some((raw, members)) = raw else {
         return Ok(None);
     };
     if !is_object(raw) {
@@ -373,9 +453,11 @@ fn optional_entity<'a>(
             expected: "an object or null",
         });
     }
-    // Validated JSON already (it is a RawValue): read the top-level members without a tree.
-    // `members` returns all of them or none, so no check can be cut short by what precedes.
-    let members = rawjson::members(raw.get())
+    // Validated JSON already: read the top-level members without a tree, unless the record's
+    // reading found them. Either way all of them or none, so no check can be cut short by what
+    // precedes.
+    let members = members
+        .or_else(|| rawjson::members(raw))
         .ok_or_else(|| Rejection::InvalidJson(format!("`{field}` is not a readable object")))?;
     let (mut id, mut org, mut status, mut regulation) = (None, None, None, None);
     for (key, value) in members {
@@ -390,12 +472,19 @@ fn optional_entity<'a>(
             return Err(Rejection::DuplicateKey(format!("{field}.{key}")));
         }
     }
+    // The names are built only for a rejection: most records have none.
     let id = match id.filter(|v| *v != "null") {
-        Some(v) => non_empty_text(&format!("{field}.id"), v)?,
+        Some(v) => match rawjson::string(v) {
+            Some(id) if !id.is_empty() => id,
+            _ => non_empty_text(&format!("{field}.id"), v)?,
+        },
         None => return Err(Rejection::MissingField(format!("{field}.id"))),
     };
     if let Some(org) = org.filter(|v| *v != "null") {
-        let org = text(&format!("{field}.organization_id"), org)?;
+        let org = match rawjson::string(org) {
+            Some(org) => org,
+            None => text(&format!("{field}.organization_id"), org)?,
+        };
         if org != organization_id {
             return Err(Rejection::CrossTenant {
                 field: format!("{field}.organization_id"),

@@ -4,9 +4,6 @@
 //! depends only on the record and the [`Rules`], so a replay from any offset, in any process,
 //! derives the same events with the same ids and the same bytes.
 
-use serde::Serialize;
-use serde_json::value::RawValue;
-
 use crate::change::{Action, ConsentChange, EntityType, Rejection};
 use crate::equivalence::{effectively_equal, DEFAULT_VOLATILE_FIELDS};
 use crate::webhook::{event_id, EventType, WebhookEvent};
@@ -91,23 +88,24 @@ pub fn derive(change: &ConsentChange<'_>, rules: &Rules) -> Derived {
     };
 
     let id = event_id(&change.organization_id, &change.id);
-    let body = Body {
-        id: &id,
-        event_type,
-        organization_id: &change.organization_id,
-        regulation: &change.regulation,
-        created_at: &change.occurred_at,
-        parameters,
-    };
     // Sized up front: the entities dominate, and growing by doubling would copy them again.
     let entities: usize = [&change.before, &change.after, &change.source]
         .into_iter()
         .flatten()
-        .map(|e| e.raw.get().len())
+        .map(|e| e.raw.len())
         .sum();
     let mut bytes = Vec::with_capacity(entities + 256 + change.organization_id.len());
-    serde_json::to_writer(&mut bytes, &body)
-        .expect("a body of strings and raw JSON always serializes");
+    write_body(
+        &mut bytes,
+        &Body {
+            id: &id,
+            event_type,
+            organization_id: &change.organization_id,
+            regulation: &change.regulation,
+            created_at: &change.occurred_at,
+            parameters,
+        },
+    );
     Derived::Webhook(WebhookEvent {
         id,
         event_type,
@@ -128,15 +126,13 @@ fn user_update_suppression(change: &ConsentChange<'_>, rules: &Rules) -> Option<
         return Some(Suppression::PendingSource);
     }
     let (before, after) = (change.before.as_ref()?, change.after.as_ref()?);
-    effectively_equal(before.raw.get(), after.raw.get(), &rules.volatile_fields)
+    effectively_equal(before.raw, after.raw, &rules.volatile_fields)
         .then_some(Suppression::NotEffective)
 }
 
 /// The body, field order fixed: `id, type, organization_id, regulation, created_at, parameters`.
-#[derive(Serialize)]
 struct Body<'a> {
     id: &'a str,
-    #[serde(rename = "type")]
     event_type: EventType,
     organization_id: &'a str,
     regulation: &'a str,
@@ -144,20 +140,49 @@ struct Body<'a> {
     parameters: Parameters<'a>,
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
+/// Entities are JSON text, validated with the record.
 enum Parameters<'a> {
     Entity {
-        entity: &'a RawValue,
+        entity: &'a str,
     },
     Update {
-        source: Option<&'a RawValue>,
-        old_entity: &'a RawValue,
-        new_entity: &'a RawValue,
+        source: Option<&'a str>,
+        old_entity: &'a str,
+        new_entity: &'a str,
     },
 }
 
-fn entity(raw: Option<&RawValue>) -> Parameters<'_> {
+/// Writes the body as compact JSON: strings escaped by serde_json, entities copied verbatim.
+fn write_body(out: &mut Vec<u8>, body: &Body<'_>) {
+    let string = |out: &mut Vec<u8>, name: &str, value: &str| {
+        out.extend_from_slice(name.as_bytes());
+        serde_json::to_writer(&mut *out, value).expect("a string always serializes");
+    };
+    string(out, "{\"id\":", body.id);
+    string(out, ",\"type\":", body.event_type.as_str());
+    string(out, ",\"organization_id\":", body.organization_id);
+    string(out, ",\"regulation\":", body.regulation);
+    string(out, ",\"created_at\":", body.created_at);
+    let mut raw = |name: &str, value: &str| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(value.as_bytes());
+    };
+    match body.parameters {
+        Parameters::Entity { entity } => raw(",\"parameters\":{\"entity\":", entity),
+        Parameters::Update {
+            source,
+            old_entity,
+            new_entity,
+        } => {
+            raw(",\"parameters\":{\"source\":", source.unwrap_or("null"));
+            raw(",\"old_entity\":", old_entity);
+            raw(",\"new_entity\":", new_entity);
+        }
+    }
+    out.extend_from_slice(b"}}");
+}
+
+fn entity(raw: Option<&str>) -> Parameters<'_> {
     Parameters::Entity {
         entity: raw.expect("validated: the entity required by the action is present"),
     }
@@ -165,8 +190,8 @@ fn entity(raw: Option<&RawValue>) -> Parameters<'_> {
 
 fn update<'a>(
     change: &ConsentChange<'a>,
-    before: Option<&'a RawValue>,
-    after: Option<&'a RawValue>,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
 ) -> Parameters<'a> {
     Parameters::Update {
         source: change.source.as_ref().map(|s| s.raw),

@@ -199,6 +199,294 @@ fn end_of_string(b: &[u8], mut i: usize) -> Result<usize, Malformed> {
     }
 }
 
+/// One top-level member of a record, as [`scan_record`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopMember<'a> {
+    /// The key; [`scan_record`] takes no record whose top-level keys hold escapes.
+    pub key: &'a str,
+    /// The value's exact text.
+    pub value: &'a str,
+    /// When the value is an object: its own members, what [`members`] returns for it.
+    pub members: Option<Vec<(Cow<'a, str>, &'a str)>>,
+}
+
+/// The work of three passes in one, for a record in the common, plain form: serde_json's
+/// reading of the syntax, [`check_structure`], and [`members`] on each object at the top level.
+///
+/// `Some` only for one JSON object that strict JSON syntax accepts (so serde_json does too),
+/// that [`check_structure`] accepts, and whose top-level keys hold no escapes; then it returns
+/// every top-level member in text order. `None` otherwise, never a partial list: the caller
+/// reads such a record the slow way, which names what is wrong with it. So this pass only ever
+/// accepts less than those three together, never more, and it looks at every byte.
+pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
+    let mut p = Strict {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    if p.b.get(p.i) != Some(&b'{') {
+        return None;
+    }
+    let mut top = Vec::new();
+    // Bit `d` set: the open container at depth `d` is an object (MAX_DEPTH < 128).
+    let mut objects = 0u128;
+    let mut depth = 0usize;
+    // The member being read at depth 1 (the record's) and at depth 2 (an object value's).
+    let (mut top_key, mut top_start) = ("", 0);
+    let (mut key, mut start) = (Cow::Borrowed(""), 0);
+    let mut inner: Option<Vec<(Cow<'_, str>, &str)>> = None;
+    'value: loop {
+        p.ws();
+        match depth {
+            1 => top_start = p.i,
+            2 => start = p.i,
+            _ => {}
+        }
+        match *p.b.get(p.i)? {
+            open @ (b'{' | b'[') => {
+                p.i += 1;
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                let object = open == b'{';
+                if object {
+                    objects |= 1 << depth;
+                } else {
+                    objects &= !(1 << depth);
+                }
+                if depth == 2 && object {
+                    inner = Some(Vec::new());
+                }
+                p.ws();
+                if !p.eat(if object { b'}' } else { b']' }) {
+                    if object {
+                        p.key(text, depth, &mut top_key, &mut key)?;
+                    }
+                    continue 'value;
+                }
+                depth -= 1;
+            }
+            b'"' => {
+                p.string()?;
+            }
+            b't' => p.literal(b"true")?,
+            b'f' => p.literal(b"false")?,
+            b'n' => p.literal(b"null")?,
+            _ => p.number(text)?,
+        }
+        // A value ended, inside the container at `depth`; so may the containers around it.
+        loop {
+            match depth {
+                0 => break 'value,
+                1 => top.push(TopMember {
+                    key: top_key,
+                    value: &text[top_start..p.i],
+                    members: inner.take(),
+                }),
+                2 if objects & (1 << 2) != 0 => {
+                    if let Some(inner) = &mut inner {
+                        inner.push((std::mem::take(&mut key), &text[start..p.i]));
+                    }
+                }
+                _ => {}
+            }
+            p.ws();
+            let object = objects & (1 << depth) != 0;
+            match p.b.get(p.i)? {
+                b',' => {
+                    p.i += 1;
+                    if object {
+                        p.key(text, depth, &mut top_key, &mut key)?;
+                    }
+                    continue 'value;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            p.i += 1;
+            depth -= 1;
+        }
+    }
+    p.ws();
+    (p.i == p.b.len()).then_some(top)
+}
+
+/// The strict reader behind [`scan_record`]: it refuses (`None`) whatever strict JSON, serde_json
+/// or [`check_structure`] would refuse, and, to stay simple, a little more.
+struct Strict<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Strict<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..]
+            .starts_with(word)
+            .then(|| self.i += word.len())
+    }
+
+    /// A member's key and its colon. Keeps the record's keys (depth 1), which must be plain, and
+    /// its object values' keys (depth 2), unescaped.
+    fn key<'t>(
+        &mut self,
+        text: &'t str,
+        depth: usize,
+        top_key: &mut &'t str,
+        key: &mut Cow<'t, str>,
+    ) -> Option<()> {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let start = self.i;
+        let escaped = self.string()?;
+        match (depth, escaped) {
+            (1, false) => *top_key = &text[start + 1..self.i - 1],
+            (1, true) => return None,
+            (2, false) => *key = Cow::Borrowed(&text[start + 1..self.i - 1]),
+            (2, true) => *key = string(&text[start..self.i])?,
+            _ => {}
+        }
+        self.ws();
+        self.eat(b':').then_some(())
+    }
+
+    /// A string, from its opening quote to just past its closing one: no control characters,
+    /// only JSON's escapes, every `\u` surrogate paired. Tells whether it holds escapes.
+    fn string(&mut self) -> Option<bool> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            self.i = plain_run_end(self.b, self.i);
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// One escape, from its backslash.
+    fn escape(&mut self) -> Option<()> {
+        match *self.b.get(self.i + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+            b'u' => {
+                let unit = self.hex4(self.i + 2)?;
+                self.i += 6;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        if self.b.get(self.i..self.i + 2)? != b"\\u" {
+                            return None;
+                        }
+                        let low = self.hex4(self.i + 2)?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return None;
+                        }
+                        self.i += 6;
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    _ => {}
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        self.b
+            .get(at..at + 4)?
+            .iter()
+            .try_fold(0, |unit, &h| Some(unit << 4 | char::from(h).to_digit(16)?))
+    }
+
+    /// A number: JSON's grammar, the token [`check_structure`] would see, in its range.
+    fn number(&mut self, text: &str) -> Option<()> {
+        let start = self.i;
+        self.eat(b'-');
+        match self.b.get(self.i)? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.') {
+            self.digits_one_or_more()?;
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            self.digits_one_or_more()?;
+        }
+        if let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.b.get(self.i) {
+            return None;
+        }
+        number_in_range(&text[start..self.i]).ok()
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn digits_one_or_more(&mut self) -> Option<()> {
+        let start = self.i;
+        self.digits();
+        (self.i > start).then_some(())
+    }
+}
+
+/// From `i`, the index of the first byte that ends a plain run inside a string: a quote, a
+/// backslash or a control character; `b.len()` when there is none. A byte at a time: the strings
+/// in records are mostly short, where wider steps cost more than they save.
+fn plain_run_end(b: &[u8], i: usize) -> usize {
+    const ENDS: [bool; 256] = {
+        let mut ends = [false; 256];
+        let mut c = 0;
+        while c < 0x20 {
+            ends[c] = true;
+            c += 1;
+        }
+        ends[b'"' as usize] = true;
+        ends[b'\\' as usize] = true;
+        ends
+    };
+    match b.get(i..) {
+        Some(rest) => {
+            i + rest
+                .iter()
+                .position(|&c| ENDS[usize::from(c)])
+                .unwrap_or(rest.len())
+        }
+        None => b.len(),
+    }
+}
+
 /// Decodes a raw JSON string value (`"..."`), `None` if `raw` is not one.
 pub fn string(raw: &str) -> Option<Cow<'_, str>> {
     let mut p = Parser {
@@ -247,13 +535,16 @@ impl<'a> Parser<'a> {
     fn skip_to_closing_quote(&mut self) -> Option<bool> {
         let mut escaped = false;
         loop {
-            let at = self.i + memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
-            if self.b[at] == b'"' {
-                self.i = at;
-                return Some(escaped);
+            self.i = plain_run_end(self.b, self.i);
+            match *self.b.get(self.i)? {
+                b'"' => return Some(escaped),
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                // A control character: validated text has none, and it ends nothing.
+                _ => self.i += 1,
             }
-            escaped = true;
-            self.i = at + 2;
         }
     }
 
@@ -456,6 +747,129 @@ mod tests {
         for broken in ["{\"a\":\"", "[[", "]", "\"\\u12"] {
             assert_eq!(check_structure(broken), Err(Malformed::Broken), "{broken}");
         }
+    }
+
+    /// A record with `{X}` placed in each position a value can take: a top-level field, inside
+    /// an entity, deep in an entity's arrays, in an unknown field, and after a value that the
+    /// fast path keeps only as text.
+    fn in_every_position(x: &str) -> Vec<String> {
+        [
+            r#"{"id":{X},"after":{"id":"u1"}}"#,
+            r#"{"id":"c1","after":{"id":{X}}}"#,
+            r#"{"id":"c1","after":{"id":"u1","p":[{"id":"a","on":[1,{X}]}]}}"#,
+            r#"{"id":"c1","extra":{"a":{"b":[{X}]}},"after":{"id":"u1"}}"#,
+            r#"{"id":"c1","after":{"id":"u1"},"source":{"m":{"n":"x"},"k":{X}}}"#,
+            r#"{"id":"c1","after":{"id":"u1"},"last":{X}}"#,
+            r#"{"id":"c1","list":[{X},2]}"#,
+        ]
+        .iter()
+        .map(|t| t.replace("{X}", x))
+        .collect()
+    }
+
+    /// The slow passes together: what [`scan_record`] must never accept more than.
+    fn slow_accepts(text: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(text).is_ok() && check_structure(text).is_ok()
+    }
+
+    #[test]
+    fn scan_record_refuses_what_the_slow_passes_refuse_in_every_position() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let hostile = [
+            // Past the depth limit wherever it sits (the record and entity levels count).
+            deep(MAX_DEPTH),
+            deep(150),
+            // Lone surrogates, in values and in keys.
+            r#""\ud800""#.to_string(),
+            r#""\udc00""#.to_string(),
+            r#""a\ud83dx\ude00""#.to_string(),
+            r#""\ud83d\n""#.to_string(),
+            r#""\ud83d\ud83d""#.to_string(),
+            r#"{"\udfff":1}"#.to_string(),
+            // Numbers beyond a float.
+            "1e400".to_string(),
+            "-1e400".to_string(),
+            "9".repeat(400),
+            format!("{}.5e10", "9".repeat(400)),
+            // Not JSON.
+            "01".to_string(),
+            "1.".to_string(),
+            ".5".to_string(),
+            "+1".to_string(),
+            "1e".to_string(),
+            "-".to_string(),
+            "tru".to_string(),
+            "nulll".to_string(),
+            "\"tab\there\"".to_string(),
+            r#""\x""#.to_string(),
+            r#""\u12G4""#.to_string(),
+            r#""\u+123""#.to_string(),
+            "[1,]".to_string(),
+            r#"{"a":1,}"#.to_string(),
+            r#"{"a" 1}"#.to_string(),
+            r#"{1:1}"#.to_string(),
+            "[1 2]".to_string(),
+            "[1}".to_string(),
+            "\"open".to_string(),
+        ];
+        for x in &hostile {
+            for text in in_every_position(x) {
+                assert!(!slow_accepts(&text), "the slow passes accept {text}");
+                assert_eq!(scan_record(&text), None, "{text}");
+            }
+        }
+        for text in [
+            "{\"a\":1} x",
+            "{\"a\":1}}",
+            "{\"a\":1",
+            "[{\"a\":1}]",
+            "",
+            " ",
+        ] {
+            assert_eq!(scan_record(text), None, "{text}");
+        }
+        // Within the limits: accepted in every position, as the slow passes accept it.
+        let fine = [
+            deep(MAX_DEPTH - 6),
+            r#""\ud83d\ude00 \" \\ \/ \b\f\n\r\t \u00e9""#.to_string(),
+            "-0.5e-3".to_string(),
+            "1e-400".to_string(),
+            "2E+300".to_string(),
+            "0".to_string(),
+            "[]".to_string(),
+            "{}".to_string(),
+            " [ true , false , null ] ".to_string(),
+        ];
+        for x in &fine {
+            for text in in_every_position(x) {
+                assert!(slow_accepts(&text), "{text}");
+                assert!(scan_record(&text).is_some(), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn scan_record_finds_what_members_finds() {
+        let text = r#" { "id" : "c\"1" , "after":{"id":"u\u00e9", "n":{"x":[1,"}"]},"\u0069d":2,"e":[]},
+            "before" : null , "list":[{"a":1}], "after":{} } "#;
+        let top = scan_record(text).unwrap();
+        let expected = members(text).unwrap();
+        assert_eq!(top.len(), expected.len());
+        for (member, (key, value)) in top.iter().zip(&expected) {
+            assert_eq!((member.key, member.value), (&**key, *value));
+            let object = value.starts_with('{');
+            assert_eq!(
+                member.members,
+                object.then(|| members(value).unwrap()),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            top[1].members.as_ref().unwrap()[2],
+            (Cow::Borrowed("id"), "2")
+        );
+        // A top-level key with an escape is left to the slow way, which reads keys in full.
+        assert_eq!(scan_record(r#"{"\u0069d":"c1"}"#), None);
     }
 
     #[test]

@@ -766,3 +766,39 @@ fn regulation_behind_deep_nesting_is_seen() {
         other => panic!("expected a webhook, got {other:?}"),
     }
 }
+
+#[test]
+fn malformed_anywhere_in_the_record_is_rejected() {
+    // The fast reading of a record and the slow one must refuse the same bytes, wherever they
+    // sit: in an entity the comparison reads, in one it only forwards, in an unknown field.
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let hostile: [(&str, &str); 6] = [
+        (&deep, "too_deep"),
+        (r#""\ud800""#, "invalid_json"),
+        (r#"{"\udc00":1}"#, "invalid_json"),
+        ("1e400", "invalid_json"),
+        ("01", "invalid_json"),
+        ("\"a\u{1}b\"", "invalid_json"),
+    ];
+    let positions = [
+        r#"{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"user","action":"updated","before":{"id":"u1","x":X},"after":{"id":"u1"}}"#,
+        r#"{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"user","action":"updated","before":{"id":"u1"},"after":{"id":"u1","c":{"p":[{"id":"a","v":[X]}]}}}"#,
+        r#"{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"event","action":"created","after":{"id":"e1"},"source":{"id":"e0","m":X}}"#,
+        r#"{"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"event","action":"created","after":{"id":"e1"},"extra":[X]}"#,
+        r#"{"extra":X,"id":"c1","organization_id":"acme","occurred_at":"2019-08-07T10:45:11Z","entity_type":"event","action":"created","after":{"id":"e1"}}"#,
+    ];
+    for position in positions {
+        let valid = position.replace('X', "1");
+        assert!(
+            derive_record(valid.as_bytes(), &Rules::default()).is_ok(),
+            "{valid}"
+        );
+        for (x, code) in hostile {
+            let input = position.replace('X', x);
+            match derive_record(input.as_bytes(), &Rules::default()) {
+                Err(rejection) => assert_eq!(rejection.code(), code, "{input}"),
+                Ok(derived) => panic!("{input} gave {derived:?}"),
+            }
+        }
+    }
+}
