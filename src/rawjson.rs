@@ -1,4 +1,5 @@
-//! Fast reads over JSON text that serde_json has already validated (a [`RawValue`]).
+//! Fast reads over JSON text that serde_json has already validated (a [`RawValue`]), and one
+//! strict read of a whole record that nobody has validated yet ([`scan_record`]).
 //!
 //! Guarantees:
 //! - Every function here is total and never panics on any input, and none recurses on the
@@ -9,6 +10,9 @@
 //!   serde_json's raw reading: nesting deeper than [`MAX_DEPTH`] anywhere, and lone UTF-16
 //!   surrogates in `\u` escapes. The pure core calls it once per record, so what it accepts a full
 //!   `serde_json::Value` reading accepts too, and reads the same.
+//! - [`scan_record`] accepts a record only when serde_json's reading and [`check_structure`]
+//!   would both accept it, looking at every byte; what it refuses goes the slow way, which says
+//!   why. It may refuse more than they do (then the record is only read more slowly), never less.
 //!
 //! The pure core uses it to look into entities without building a tree: top-level members of an
 //! object, and a borrowed value tree for comparisons, with numbers kept as their exact text.
