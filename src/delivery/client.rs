@@ -31,6 +31,7 @@ use chrono::Utc;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
+use reqwest::Method;
 use tokio::time::Instant;
 
 use crate::config::{DeliverySettings, OrganizationSettings};
@@ -284,13 +285,12 @@ impl Deliverer {
             Ok(headers) => headers,
             Err(failed) => return AttemptOutcome::Failed(failed),
         };
-        let sent = endpoint
-            .client
-            .post(endpoint.settings.url.clone())
-            .headers(headers)
-            .body(event.body.clone())
-            .send()
-            .await;
+        // The request as a value rather than through a builder, which would merge these headers
+        // into an empty map one by one.
+        let mut request = reqwest::Request::new(Method::POST, endpoint.settings.url.clone());
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(event.body.clone().into());
+        let sent = endpoint.client.execute(request).await;
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
