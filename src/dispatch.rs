@@ -12,6 +12,8 @@
 //!   of a key are attempted in source order. Events without a key are unordered.
 //! - **Isolation.** An organization's requests are capped by its endpoint's `concurrency`, and
 //!   all requests by `max_in_flight_requests`; due retries take permits before first attempts.
+//!   A lane's first attempts are made by at most `concurrency` workers, which take the next
+//!   event of each ready key in turn; waiting events are data in the lane's queue, not tasks.
 //!   A lane holds at most `max_pending_per_organization` events before their first attempt, and
 //!   no more than its endpoint's `concurrency` while that endpoint's last attempt failed;
 //!   beyond, new events are parked at once (reason `lane_full`), so a dead endpoint never fills
