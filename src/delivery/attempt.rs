@@ -3,7 +3,7 @@
 //!
 //! Guarantee: every way an attempt can end maps to exactly one [`AttemptOutcome`], and every
 //! [`AttemptError`] has a fixed, stable [`code`](AttemptError::code) (dead-letter records and
-//! metric labels use it); nothing downstream parses error text. An `Ok` from reqwest is not a
+//! metric labels use it); nothing downstream parses error text. A response is not a
 //! success: only the [`RetryPolicy`](super::RetryPolicy) decides, from the status code.
 
 use std::error::Error as StdError;
@@ -75,7 +75,8 @@ impl AttemptError {
         }
     }
 
-    /// Classifies a reqwest error by its kind and its source chain.
+    /// Classifies a reqwest error (OAuth token requests) by its kind and its source chain; a
+    /// webhook request's error goes through [`super::http::classify`], by the same rules.
     ///
     /// Order matters: a refusal by our guard resolver is looked for first (it surfaces as a
     /// connect error), then timeouts (a TLS handshake that times out is a timeout), then TLS
@@ -157,12 +158,14 @@ fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'sta
 }
 
 /// The first error of type `T` among `err` and its causes.
-fn find_in_chain<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+pub(super) fn find_in_chain<'a, T: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
     causes(err).into_iter().find_map(|e| e.downcast_ref::<T>())
 }
 
 /// Whether an `io::Error` of this kind is among `err` and its causes.
-fn has_io_kind(err: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
+pub(super) fn has_io_kind(err: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
     causes(err).into_iter().any(|e| {
         e.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == kind)

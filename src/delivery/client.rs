@@ -8,7 +8,8 @@
 //!   never carry a stale signature). These headers, and `authorization`, win over custom headers
 //!   of the same name;
 //! - redirects are never followed (a 3xx is the outcome) and no request reaches a non-public
-//!   address or plain http unless the organization allows it (see [`super::guard`]);
+//!   address or plain http unless the organization allows it (see [`super::guard`]); webhooks
+//!   go through [`super::http`]'s pooled client, token requests through reqwest;
 //! - once a status line arrives, the outcome is that status. The response body is read up to
 //!   `max_response_body_bytes` and then dropped; an error while reading it (timeout, reset)
 //!   does not change the outcome, so a 2xx whose body fails is delivered — the receiver has
@@ -20,18 +21,19 @@
 //!   endpoint URL; any other token failure as `oauth_token`;
 //! - URLs and error texts are logged through [`super::redact`]: never a user info or query
 //!   string (where API keys hide);
-//! - each exchange (token request or POST) is bounded by `request_timeout`, the whole attempt
-//!   by [`Deliverer::max_attempt_duration`].
+//! - each exchange (token request or POST, its response body included) is bounded by
+//!   `request_timeout`, the whole attempt by [`Deliverer::max_attempt_duration`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::{Method, Request, Uri};
 use chrono::Utc;
+use http_body_util::{BodyExt, Full};
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
-use reqwest::Method;
 use tokio::time::Instant;
 
 use crate::config::{DeliverySettings, OrganizationSettings};
@@ -39,11 +41,9 @@ use crate::webhook::WebhookEvent;
 
 use super::attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 use super::guard::{GuardedResolver, UrlPolicy};
+use super::http::{self, HttpClient, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use super::oauth::{AccessToken, TokenSource};
 use super::redact;
-
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// An OAuth attempt makes at most four exchanges: token, POST, and after a 401 token, POST.
 const MAX_EXCHANGES_PER_ATTEMPT: u32 = 4;
 
@@ -57,14 +57,35 @@ pub enum DeliveryInitError {
     UserAgent(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] http::TlsInitError),
+}
+
+/// The two clients of one guard setting: webhooks and OAuth token requests.
+#[derive(Clone)]
+struct Clients {
+    webhooks: HttpClient,
+    tokens: reqwest::Client,
+}
+
+impl Clients {
+    fn new(
+        settings: &DeliverySettings,
+        resolver: GuardedResolver,
+    ) -> Result<Self, DeliveryInitError> {
+        Ok(Clients {
+            webhooks: http::build(settings, resolver)?,
+            tokens: build_token_client(settings, resolver)?,
+        })
+    }
 }
 
 #[derive(Clone)]
 pub struct Deliverer {
     /// Resolves through the guard: public addresses only.
-    guarded: reqwest::Client,
+    guarded: Clients,
     /// For organizations with `allow_private_addresses` (development).
-    permissive: reqwest::Client,
+    permissive: Clients,
     user_agent: HeaderValue,
     request_timeout: Duration,
     max_response_body_bytes: usize,
@@ -86,7 +107,10 @@ impl fmt::Debug for Deliverer {
 pub struct Endpoint {
     pub organization_id: String,
     pub settings: Arc<OrganizationSettings>,
-    client: reqwest::Client,
+    client: HttpClient,
+    /// The URL as the request target, converted once (`None`: not a valid URI, every attempt
+    /// fails as `request`).
+    uri: Option<Uri>,
     policy: UrlPolicy,
     /// The custom headers, or the name of the first invalid one.
     headers: Result<HeaderMap, String>,
@@ -111,7 +135,8 @@ impl fmt::Debug for Endpoint {
     }
 }
 
-fn build_client(
+/// The client of OAuth token requests: the same guard, timeouts and pool rules as webhooks.
+fn build_token_client(
     settings: &DeliverySettings,
     resolver: GuardedResolver,
 ) -> Result<reqwest::Client, DeliveryInitError> {
@@ -140,8 +165,8 @@ impl Deliverer {
         let user_agent = HeaderValue::from_str(&settings.user_agent)
             .map_err(|_| DeliveryInitError::UserAgent(settings.user_agent.clone()))?;
         Ok(Deliverer {
-            guarded: build_client(settings, GuardedResolver::guarded())?,
-            permissive: build_client(settings, GuardedResolver::permissive())?,
+            guarded: Clients::new(settings, GuardedResolver::guarded())?,
+            permissive: Clients::new(settings, GuardedResolver::permissive())?,
             user_agent,
             request_timeout: settings.request_timeout,
             max_response_body_bytes: settings.max_response_body_bytes,
@@ -160,15 +185,18 @@ impl Deliverer {
             allow_private: settings.allow_private_addresses,
             allow_http: settings.allow_http,
         };
-        let client = if policy.allow_private {
-            self.permissive.clone()
+        let clients = if policy.allow_private {
+            &self.permissive
         } else {
-            self.guarded.clone()
+            &self.guarded
         };
-        let token_source = settings
-            .oauth
-            .as_ref()
-            .map(|oauth| Arc::new(TokenSource::new(oauth, client.clone()).with_url_policy(policy)));
+        let token_source = settings.oauth.as_ref().map(|oauth| {
+            Arc::new(TokenSource::new(oauth, clients.tokens.clone()).with_url_policy(policy))
+        });
+        let uri = settings.url.as_str().parse::<Uri>().ok();
+        if uri.is_none() {
+            tracing::error!(organization_id, url = %redact::url(&settings.url), "endpoint URL is not a valid request target: every attempt will fail");
+        }
         let mut headers = HeaderMap::new();
         let mut invalid = None;
         for (name, value) in &settings.headers {
@@ -188,7 +216,8 @@ impl Deliverer {
         Endpoint {
             organization_id: organization_id.to_owned(),
             settings,
-            client,
+            client: clients.webhooks.clone(),
+            uri,
             policy,
             headers: invalid.map_or(Ok(headers), Err),
             token_source,
@@ -233,7 +262,7 @@ impl Deliverer {
             tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "endpoint URL refused");
             return AttemptOutcome::Failed(e.attempt_error());
         }
-        let Ok(custom) = &endpoint.headers else {
+        let (Ok(custom), Some(_)) = (&endpoint.headers, &endpoint.uri) else {
             return AttemptOutcome::Failed(AttemptError::Request);
         };
         let Some(tokens) = &endpoint.token_source else {
@@ -285,19 +314,23 @@ impl Deliverer {
             Ok(headers) => headers,
             Err(failed) => return AttemptOutcome::Failed(failed),
         };
-        // The request as a value rather than through a builder, which would merge these headers
-        // into an empty map one by one.
-        let mut request = reqwest::Request::new(Method::POST, endpoint.settings.url.clone());
+        let Some(uri) = endpoint.uri.clone() else {
+            return AttemptOutcome::Failed(AttemptError::Request);
+        };
+        let mut request = Request::new(Full::new(event.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        *request.body_mut() = Some(event.body.clone().into());
-        let sent = endpoint.client.execute(request).await;
-        let mut response = match sent {
-            Ok(response) => response,
-            Err(e) => {
-                let failed = AttemptError::classify(&e);
-                tracing::debug!(organization_id = %endpoint.organization_id, error = %redact::error(e), "request failed");
+        let deadline = Instant::now() + self.request_timeout;
+        let sent = tokio::time::timeout_at(deadline, endpoint.client.request(request)).await;
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let failed = http::classify(&e);
+                tracing::debug!(organization_id = %endpoint.organization_id, error = %http::describe(&e), "request failed");
                 return AttemptOutcome::Failed(failed);
             }
+            Err(_elapsed) => return AttemptOutcome::Failed(AttemptError::Timeout),
         };
         let code = response.status().as_u16();
         let retry_after = response
@@ -305,13 +338,18 @@ impl Deliverer {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
+        let mut body = response.into_body();
         let mut read = 0;
         while read < self.max_response_body_bytes {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |data| data.len()),
                 Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(organization_id = %endpoint.organization_id, code, error = %redact::error(e), "response body not read");
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(organization_id = %endpoint.organization_id, code, error = %redact::chain(&e), "response body not read");
+                    break;
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(organization_id = %endpoint.organization_id, code, "response body not read: request timeout");
                     break;
                 }
             }

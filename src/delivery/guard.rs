@@ -2,8 +2,9 @@
 //! addresses over HTTPS, unless an organization is explicitly allowed otherwise.
 //!
 //! Guarantee: with the guarded client, no TCP connection is opened to a non-global address.
-//! Host names are filtered where they are resolved ([`GuardedResolver`], plugged into the pooled
-//! reqwest client, so keep-alive connections survive and every new connection is checked);
+//! Host names are filtered where they are resolved ([`GuardedResolver`], plugged into both pooled
+//! clients, webhooks' ([`super::http`]) and token requests' (reqwest), so keep-alive connections
+//! survive and every new connection is checked);
 //! IP-literal URLs never reach a resolver, so [`check_url`] must run before each request. The
 //! clients are built without proxies, so the addresses checked are the ones connected to.
 //!
@@ -175,7 +176,7 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
     !NON_GLOBAL_V6.iter().any(|&range| in_v6(bits, range))
 }
 
-/// A reqwest resolver that resolves with the system resolver (tokio's `lookup_host`) and, when
+/// The clients' resolver: it resolves with the system resolver (tokio's `lookup_host`) and, when
 /// guarding, keeps only global addresses; if none remain it fails with
 /// [`GuardError::NoPublicAddress`], which the attempt classifies as `AddressRefused`.
 ///

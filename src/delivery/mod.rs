@@ -4,6 +4,7 @@
 //!   returns an [`Attempt`];
 //! - [`attempt`]: what an attempt produced ([`AttemptOutcome`], [`AttemptError`]);
 //! - [`retry`]: the pure [`RetryPolicy`] turning an outcome into a [`Decision`];
+//! - [`http`]: the pooled HTTP client webhooks are POSTed with (hyper, rustls, the guard);
 //! - [`guard`]: the address guard (public addresses, HTTPS) in the resolver and before requests;
 //! - [`oauth`]: the client-credentials [`TokenSource`] with its token cache;
 //! - [`permits`]: request permits that serve due retries before first attempts;
@@ -15,6 +16,7 @@
 pub mod attempt;
 pub mod client;
 pub mod guard;
+pub mod http;
 pub mod keyed;
 pub mod oauth;
 pub mod permits;

@@ -384,12 +384,15 @@ async fn oauth_token_endpoint_failure_is_an_oauth_token_error_and_recovers() {
 #[tokio::test]
 async fn oauth_a_shared_failure_expires_after_its_ttl() {
     let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
-    let source = TokenSource::new(&tokens.settings(None, Vec::new()), deliverer().permissive)
-        .with_url_policy(UrlPolicy {
-            allow_private: true,
-            allow_http: true,
-        })
-        .with_failure_ttl(Duration::from_millis(200));
+    let source = TokenSource::new(
+        &tokens.settings(None, Vec::new()),
+        deliverer().permissive.tokens,
+    )
+    .with_url_policy(UrlPolicy {
+        allow_private: true,
+        allow_http: true,
+    })
+    .with_failure_ttl(Duration::from_millis(200));
     tokens.fail_with(Some(503));
     assert!(source.token().await.is_err());
     tokens.fail_with(None);
@@ -481,10 +484,11 @@ async fn oauth_errors_and_debug_never_show_the_token_url_query() {
             .unwrap(),
         ..tokens.settings(None, Vec::new())
     };
-    let source = TokenSource::new(&settings, deliverer().permissive).with_url_policy(UrlPolicy {
-        allow_private: true,
-        allow_http: true,
-    });
+    let source =
+        TokenSource::new(&settings, deliverer().permissive.tokens).with_url_policy(UrlPolicy {
+            allow_private: true,
+            allow_http: true,
+        });
     let error = source.token().await.expect_err("nothing listens there");
     let shown = format!("{error} {error:?} {source:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
@@ -496,7 +500,7 @@ async fn oauth_token_url_is_guarded_like_the_endpoint() {
     let tokens = TokenServer::start(AuthStyle::Basic, Some(3600), Duration::ZERO).await;
     let deliverer = deliverer();
     let settings = tokens.settings(None, Vec::new());
-    let strict = TokenSource::new(&settings, deliverer.guarded.clone());
+    let strict = TokenSource::new(&settings, deliverer.guarded.tokens.clone());
     let refused = strict.token().await.expect_err("refused");
     assert!(
         matches!(&refused, super::super::OAuthError::Shared(e) if matches!(**e, super::super::OAuthError::Guard(_))),
@@ -510,7 +514,7 @@ async fn oauth_token_url_is_guarded_like_the_endpoint() {
                 .expect("url"),
             ..settings.clone()
         },
-        deliverer.guarded.clone(),
+        deliverer.guarded.tokens.clone(),
     )
     .with_url_policy(UrlPolicy {
         allow_private: false,
