@@ -11,9 +11,9 @@
 //!   included) and its peak RSS (VmHWM);
 //! - (a) raw consume: a bare rdkafka consumer (no group, no processing) reading the same input
 //!   topic from its start; records/s;
-//! - (b) raw POST: a bare pooled `reqwest` client sending the bodies the receiver got in (c), to
-//!   the same organizations' paths of a receiver of the same kind, with the service's request
-//!   concurrency (`max_in_flight_requests` = 256); requests/s;
+//! - (b) raw POST: a bare pooled client (hyper's, the one the service posts with) sending the
+//!   bodies the receiver got in (c), to the same organizations' paths of a receiver of the same
+//!   kind, with the service's request concurrency (`max_in_flight_requests` = 256); requests/s;
 //! - (e) latency from each record's timestamp to its 2xx, p50/p99/max, at the fixed offered
 //!   loads of BENCH_LOADS (default `2000,10000` records/s), BENCH_SECONDS each (default 30,
 //!   the first BENCH_WARMUP, default 5, not counted);
@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioExecutor;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -222,20 +224,25 @@ fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
 async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64) {
     let receiver = Receiver::new(0, 0, None);
     let addr = start_receiver(receiver.clone()).await;
-    let client = reqwest::Client::builder()
+    // The client the service itself posts with (hyper's pooled one), bare: no guard, no TLS.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+        .build_http::<Full<Bytes>>();
     let n = bodies.len();
     let start = Instant::now();
     let failed = futures::stream::iter(bodies)
         .map(|(org, body)| {
-            let request = client
-                .post(format!("http://{addr}/org-{org:02}"))
+            let request = http::Request::post(format!("http://{addr}/org-{org:02}"))
                 .header("content-type", "application/json")
-                .body(body);
-            async move { request.send().await.map(|r| r.status().is_success()) }
+                .body(Full::new(body))
+                .unwrap();
+            let sent = client.request(request);
+            async move {
+                let response = sent.await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ok)
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .filter(|r| std::future::ready(!matches!(r, Ok(true))))
