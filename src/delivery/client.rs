@@ -32,8 +32,9 @@ use ::http::{Method, Request, Uri};
 use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT,
 };
+use reqwest::Url;
 use tokio::time::Instant;
 
 use crate::config::{DeliverySettings, OrganizationSettings};
@@ -108,9 +109,8 @@ pub struct Endpoint {
     pub organization_id: String,
     pub settings: Arc<OrganizationSettings>,
     client: HttpClient,
-    /// The URL as the request target, converted once (`None`: not a valid URI, every attempt
-    /// fails as `request`).
-    uri: Option<Uri>,
+    /// `None`: the URL is not a valid request target, and every attempt fails as `request`.
+    destination: Option<Destination>,
     policy: UrlPolicy,
     /// The custom headers, or the name of the first invalid one.
     headers: Result<HeaderMap, String>,
@@ -136,6 +136,33 @@ impl fmt::Debug for Endpoint {
 }
 
 /// The client of OAuth token requests: the same guard, timeouts and pool rules as webhooks.
+/// Where an endpoint's requests go, worked out once rather than on every request: the URL as a
+/// request target, and its `host` header (the host, and the port when it is not the scheme's
+/// default: what hyper would otherwise format for every HTTP/1 request).
+#[derive(Clone)]
+struct Destination {
+    uri: Uri,
+    host: HeaderValue,
+}
+
+impl Destination {
+    fn of(url: &Url) -> Option<Self> {
+        let uri: Uri = url.as_str().parse().ok()?;
+        let name = uri.host()?;
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let host = match uri.port_u16() {
+            Some(port) if port != default_port => HeaderValue::from_str(&format!("{name}:{port}")),
+            _ => HeaderValue::from_str(name),
+        }
+        .ok()?;
+        Some(Destination { uri, host })
+    }
+}
+
 fn build_token_client(
     settings: &DeliverySettings,
     resolver: GuardedResolver,
@@ -193,8 +220,8 @@ impl Deliverer {
         let token_source = settings.oauth.as_ref().map(|oauth| {
             Arc::new(TokenSource::new(oauth, clients.tokens.clone()).with_url_policy(policy))
         });
-        let uri = settings.url.as_str().parse::<Uri>().ok();
-        if uri.is_none() {
+        let destination = Destination::of(&settings.url);
+        if destination.is_none() {
             tracing::error!(organization_id, url = %redact::url(&settings.url), "endpoint URL is not a valid request target: every attempt will fail");
         }
         let mut headers = HeaderMap::new();
@@ -217,7 +244,7 @@ impl Deliverer {
             organization_id: organization_id.to_owned(),
             settings,
             client: clients.webhooks.clone(),
-            uri,
+            destination,
             policy,
             headers: invalid.map_or(Ok(headers), Err),
             token_source,
@@ -262,7 +289,7 @@ impl Deliverer {
             tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "endpoint URL refused");
             return AttemptOutcome::Failed(e.attempt_error());
         }
-        let (Ok(custom), Some(_)) = (&endpoint.headers, &endpoint.uri) else {
+        let (Ok(custom), Some(_)) = (&endpoint.headers, &endpoint.destination) else {
             return AttemptOutcome::Failed(AttemptError::Request);
         };
         let Some(tokens) = &endpoint.token_source else {
@@ -310,16 +337,16 @@ impl Deliverer {
         event: &WebhookEvent,
         token: Option<&AccessToken>,
     ) -> AttemptOutcome {
-        let headers = match self.headers(endpoint, custom, event, token) {
+        let Some(destination) = &endpoint.destination else {
+            return AttemptOutcome::Failed(AttemptError::Request);
+        };
+        let headers = match self.headers(endpoint, destination, custom, event, token) {
             Ok(headers) => headers,
             Err(failed) => return AttemptOutcome::Failed(failed),
         };
-        let Some(uri) = endpoint.uri.clone() else {
-            return AttemptOutcome::Failed(AttemptError::Request);
-        };
         let mut request = Request::new(Full::new(event.body.clone()));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = destination.uri.clone();
         *request.headers_mut() = headers;
         let deadline = Instant::now() + self.request_timeout;
         let sent = tokio::time::timeout_at(deadline, endpoint.client.request(request)).await;
@@ -361,12 +388,20 @@ impl Deliverer {
     fn headers(
         &self,
         endpoint: &Endpoint,
+        destination: &Destination,
         custom: &HeaderMap,
         event: &WebhookEvent,
         token: Option<&AccessToken>,
     ) -> Result<HeaderMap, AttemptError> {
         let timestamp = Utc::now().timestamp();
-        let mut headers = custom.clone();
+        // Sized once for ours too, rather than grown as they are inserted.
+        let mut headers = HeaderMap::with_capacity(custom.len() + 8);
+        headers.extend(
+            custom
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        headers.insert(HOST, destination.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());
         let id = HeaderValue::from_str(&event.id).map_err(|_| AttemptError::Request)?;

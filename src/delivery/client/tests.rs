@@ -55,6 +55,11 @@ async fn posts_the_body_with_standard_webhooks_headers_and_a_valid_signature() {
     assert_eq!(got.headers.get_all("webhook-id").iter().count(), 1);
     assert_eq!(got.header("x-tenant"), Some("acme-eu"));
     assert_eq!(got.header("authorization"), None);
+    // The receiver listens on a port that is not http's default: it is in the host header.
+    let authority = receiver.url().authority().to_owned();
+    assert!(authority.contains(':'), "{authority}");
+    assert_eq!(got.header("host"), Some(authority.as_str()));
+    assert_eq!(got.headers.get_all("host").iter().count(), 1);
     let timestamp: i64 = got
         .header("webhook-timestamp")
         .and_then(|t| t.parse().ok())
