@@ -52,6 +52,7 @@ use crate::registry::{self, Known, Registry};
 use crate::telemetry::Metrics;
 use crate::webhook::WebhookEvent;
 use crate::work::{Progress, Ticket, Work};
+use crate::FastHashMap;
 
 mod parked;
 
@@ -92,7 +93,7 @@ pub struct Parts {
 /// Everything the lanes share.
 struct Shared {
     /// One lane per organization with an endpoint, changed live by the registry.
-    lanes: RwLock<HashMap<String, Arc<Lane>>>,
+    lanes: RwLock<FastHashMap<String, Arc<Lane>>>,
     deliverer: Deliverer,
     cx: Parts,
     registry: Arc<Registry>,
@@ -184,7 +185,7 @@ impl Dispatcher {
         cx: Parts,
     ) -> Self {
         let shared = Arc::new(Shared {
-            lanes: RwLock::new(HashMap::new()),
+            lanes: RwLock::new(FastHashMap::default()),
             deliverer,
             cx,
             registry,
@@ -444,7 +445,7 @@ impl Shared {
             .map(|lane| lane.current().target.endpoint.settings.url.clone())
     }
 
-    fn read_lanes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Lane>>> {
+    fn read_lanes(&self) -> std::sync::RwLockReadGuard<'_, FastHashMap<String, Arc<Lane>>> {
         self.lanes.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -676,7 +677,8 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
     let decision = current.target.decide(&attempt, 0, None);
     debug!(outcome = %attempt.outcome.code(), "first attempt");
     let first = Some(attempt.at);
-    let attempts = vec![AttemptRecord::from(&attempt)];
+    // The attempt as a record (its time formatted) only when it is kept: not for a delivery.
+    let attempts = || vec![AttemptRecord::from(&attempt)];
     match decision {
         Decision::Delivered => {
             delivered(&current, shared, &job.event, 1);
@@ -685,7 +687,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
         Decision::RetryAfter(wait) => {
             scheduled(shared, &job.event);
             let due = Utc::now() + wait;
-            let record = parked(ParkReason::Retry, attempts, first, due);
+            let record = parked(ParkReason::Retry, attempts(), first, due);
             park(shared, key, record, ParkReason::Retry, &job.ticket).await
         }
         Decision::GiveUp(reason) => {
@@ -693,7 +695,7 @@ async fn first_attempt(lane: &Lane, shared: &Shared, key: &[u8], job: &Job) -> O
                 &job.event,
                 Some(&current.target.endpoint.settings.url),
                 reason.into(),
-                attempts,
+                attempts(),
                 job.source.clone(),
             );
             dead_letter(shared, &job.event, record, &job.ticket).await

@@ -27,3 +27,11 @@ pub mod signals;
 pub mod telemetry;
 pub mod webhook;
 pub mod work;
+
+/// The hash map of the hot path (lanes, key queues, parked keys, offsets: a few look-ups per
+/// delivery). aHash instead of SipHash: about a fifth of the cost per look-up, and still keyed at
+/// random per process, so that keys in records cannot be chosen to collide.
+pub type FastHashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+/// The hash set of the hot path (see [`FastHashMap`]).
+pub type FastHashSet<T> = std::collections::HashSet<T, ahash::RandomState>;

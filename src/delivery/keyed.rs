@@ -5,18 +5,20 @@
 //! runs for the key, and [`KeyQueues::next`] gives the worker the key's jobs in the order they
 //! were submitted; the key is idle again once `next` returns `None`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastHashMap;
 use std::hash::Hash;
 
 #[derive(Debug)]
 pub struct KeyQueues<K, J> {
-    keys: HashMap<K, VecDeque<J>>,
+    keys: FastHashMap<K, VecDeque<J>>,
 }
 
 impl<K, J> Default for KeyQueues<K, J> {
     fn default() -> Self {
         KeyQueues {
-            keys: HashMap::new(),
+            keys: FastHashMap::default(),
         }
     }
 }

@@ -10,7 +10,9 @@
 //! memory: it [waits](Place::Waiting) as this entry, and is read again by offset when its turn
 //! comes, so a key's followers are written once, whatever its head's retries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::FastHashMap;
 
 /// What the retry reader does with a parked record it has read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ struct Entry {
 /// The parked events of one partition, by key, in source order.
 #[derive(Debug, Default)]
 pub struct ParkedKeys {
-    keys: HashMap<Vec<u8>, BTreeMap<i64, Entry>>,
+    keys: FastHashMap<Vec<u8>, BTreeMap<i64, Entry>>,
     len: usize,
     waiting: usize,
 }

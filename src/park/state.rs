@@ -5,15 +5,16 @@
 //! is taken under one lock, so a follower that waits for its turn can never miss it: the
 //! [`done`](Parking::done) of the event before it names it.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+
+use crate::FastHashMap;
 
 use super::keys::ParkedKeys;
 pub use super::keys::{Next, OnRead as Read};
 
 #[derive(Default)]
 struct Inner {
-    partitions: HashMap<i32, ParkedKeys>,
+    partitions: FastHashMap<i32, ParkedKeys>,
 }
 
 /// Parked-key indexes of the owned partitions.

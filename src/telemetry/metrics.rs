@@ -11,7 +11,6 @@
 //!   by the config and the opt-ins, never by the data;
 //! - `partition` takes only the input topic's partition numbers (the retry topic has the same).
 
-use std::collections::HashSet;
 use std::sync::RwLock;
 
 use prometheus::{
@@ -22,6 +21,7 @@ use prometheus::{
 use crate::change::Rejection;
 use crate::derive::Suppression;
 use crate::webhook::EventType;
+use crate::FastHashSet;
 
 /// Every metric of the service, registered in one registry.
 pub struct Metrics {
@@ -61,7 +61,7 @@ pub struct Metrics {
     pub registry_invalid_values: IntCounter,
     pub events_waiting_for_registry: IntGauge,
     /// Organizations whose series carry their id.
-    labelled: RwLock<HashSet<String>>,
+    labelled: RwLock<FastHashSet<String>>,
 }
 
 /// The `organization` label of every organization without its own.
@@ -185,7 +185,7 @@ impl Metrics {
             registry_view_age: float_gauge(&r, "registry_view_age_seconds", "Seconds since the last moment up to which this replica's view of the registry is known complete (grows while the registry cannot be read; records of unknown organizations wait for it)."),
             registry_invalid_values: counter(&r, "registry_invalid_values_total", "Registry records whose value does not validate on this replica (the organization keeps its previous settings)."),
             events_waiting_for_registry: gauge(&r, "events_waiting_for_registry", "Events of organizations unknown here, waiting until the registry is known complete up to their record's time."),
-            labelled: RwLock::new(HashSet::new()),
+            labelled: RwLock::new(FastHashSet::default()),
             registry: r,
         };
         m.registry_applied_offset.set(-1);

@@ -10,7 +10,9 @@
 //!
 //! Memory: one entry per record that is taken and not yet done; done records cost nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::FastHashMap;
 
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +49,7 @@ struct PartitionState {
 /// Per-partition progress of one consumer, for one topic.
 #[derive(Debug)]
 pub struct OffsetTracker {
-    partitions: HashMap<i32, PartitionState>,
+    partitions: FastHashMap<i32, PartitionState>,
     next_epoch: u64,
     shutdown: CancellationToken,
 }
@@ -56,7 +58,7 @@ impl OffsetTracker {
     /// `shutdown` is the parent of every partition's cancellation token.
     pub fn new(shutdown: CancellationToken) -> Self {
         OffsetTracker {
-            partitions: HashMap::new(),
+            partitions: FastHashMap::default(),
             next_epoch: 1,
             shutdown,
         }
