@@ -64,6 +64,10 @@ const STALL: Duration = Duration::from_millis(500);
 /// How often moved watermarks are committed (a crash re-sends at most about this much work
 /// besides the requests in flight).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// The retry reader is polled at least this often while input flows, and at once whenever the
+/// input is idle: not for every input record (a poll of an empty queue costs about as much as
+/// reading a record), and still within a millisecond of a retry becoming readable.
+const RETRY_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Observable state of the consumer, for readiness.
 #[derive(Debug, Default)]
@@ -449,6 +453,8 @@ impl Ingest {
         abandon: CancellationToken,
     ) {
         let mut last_commit = Instant::now();
+        let mut last_retry_poll: Option<Instant> = None;
+        let mut idle = true;
         let mut stalled_since: Option<Instant> = None;
         while !stop.is_cancelled() {
             // Back-pressure is checked for every record (cheap, keeps the bound exact).
@@ -458,17 +464,23 @@ impl Ingest {
                 self.retry.commit_done();
                 last_commit = Instant::now();
             }
-            if self.retry.poll(&work).is_err() {
-                break;
+            if idle || last_retry_poll.is_none_or(|at| at.elapsed() >= RETRY_POLL_INTERVAL) {
+                if self.retry.poll(&work).is_err() {
+                    break;
+                }
+                last_retry_poll = Some(Instant::now());
             }
             if full {
+                idle = true;
                 // Take no input until a record is done (or the stall turns into a pause).
                 let max = self.max_pending;
                 self.progress
                     .wait_until(POLL_INTERVAL, |t| t.pending() < max);
                 continue;
             }
-            match self.consumer.poll(POLL_INTERVAL) {
+            let polled = self.consumer.poll(POLL_INTERVAL);
+            idle = polled.is_none();
+            match polled {
                 None => {}
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 Some(Ok(message)) => {
