@@ -67,12 +67,19 @@ pub fn parse(text: &str) -> Option<Val<'_>> {
 /// text order (a repeated key appears each time). `None` when the text is not one well-formed
 /// object: never a partial list.
 pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let mut out = Vec::new();
+    members_into(text, &mut out)?;
+    Some(out)
+}
+
+/// [`members`], appended to `out`, so that a caller can reuse one buffer. On `None`, `out` may
+/// hold some of the members after what it held before: the caller truncates it.
+pub fn members_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<()> {
     let mut p = Parser {
         s: text,
         b: text.as_bytes(),
         i: 0,
     };
-    let mut out = Vec::new();
     p.ws();
     if !p.eat(b'{') {
         return None;
@@ -101,7 +108,55 @@ pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
         }
     }
     p.ws();
-    (p.i == p.b.len()).then_some(out)
+    (p.i == p.b.len()).then_some(())
+}
+
+/// The items of a JSON array, as raw value texts in order, appended to `out`. `None` when the
+/// text is not one well-formed array (then `out` may hold some items: the caller truncates it).
+pub fn items_into<'a>(text: &'a str, out: &mut Vec<&'a str>) -> Option<()> {
+    let mut p = Parser {
+        s: text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    if !p.eat(b'[') {
+        return None;
+    }
+    p.ws();
+    if !p.eat(b']') {
+        loop {
+            p.ws();
+            let start = p.i;
+            p.skip()?;
+            out.push(&text[start..p.i]);
+            p.ws();
+            if p.eat(b',') {
+                continue;
+            }
+            if p.eat(b']') {
+                break;
+            }
+            return None;
+        }
+    }
+    p.ws();
+    (p.i == p.b.len()).then_some(())
+}
+
+/// Whether [`parse`] would accept the text, found without building the tree: what it refuses,
+/// this refuses (nesting past [`MAX_DEPTH`] included), and nothing else.
+pub fn is_value(text: &str) -> bool {
+    let mut p = Parser {
+        s: text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    if p.check(0).is_none() {
+        return false;
+    }
+    p.ws();
+    p.i == p.b.len()
 }
 
 /// Why [`check_structure`] refuses a text.
@@ -627,6 +682,57 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => self.number().map(Val::Num),
+        }
+    }
+
+    /// What [`Parser::value`] accepts, step for step, without building the value.
+    fn check(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'n' => self.literal("null"),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'"' => self.string().map(drop),
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b']') {
+                    return Some(());
+                }
+                loop {
+                    self.check(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b']').then_some(());
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b'}') {
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.string()?;
+                    self.ws();
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    self.check(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b'}').then_some(());
+                }
+            }
+            _ => self.number().map(drop),
         }
     }
 
