@@ -81,7 +81,8 @@ fn trim(text: &str) -> &str {
 #[derive(Default)]
 struct Comparison<'a> {
     members: Vec<(Cow<'a, str>, &'a str)>,
-    items: Vec<&'a str>,
+    /// Items, with the raw `id` of those that are objects with one.
+    items: Vec<(&'a str, Option<&'a str>)>,
     strings: Vec<Cow<'a, str>>,
     ids: Vec<(Cow<'a, str>, &'a str)>,
 }
@@ -195,7 +196,7 @@ impl<'a> Comparison<'a> {
     /// order, whichever the module docs' rules pick.
     fn items_equal(&mut self, start: usize, mid: usize, depth: usize) -> bool {
         let end = self.items.len();
-        let strings = |items: &[&str]| items.iter().all(|item| kind(item) == Kind::Str);
+        let strings = |items: &[(&str, _)]| items.iter().all(|(item, _)| kind(item) == Kind::Str);
         if strings(&self.items[start..mid]) && strings(&self.items[mid..end]) {
             return self.string_sets_equal(start, mid);
         }
@@ -210,7 +211,7 @@ impl<'a> Comparison<'a> {
         self.ids.truncate(ids);
         mid - start == end - mid
             && (0..mid - start).all(|i| {
-                let (x, y) = (self.items[start + i], self.items[mid + i]);
+                let (x, y) = (self.items[start + i].0, self.items[mid + i].0);
                 self.values_equal(x, y, depth + 1)
             })
     }
@@ -220,7 +221,7 @@ impl<'a> Comparison<'a> {
         let mut equal = false;
         let mut ok = true;
         for i in start..self.items.len() {
-            match rawjson::string(self.items[i]) {
+            match rawjson::string(self.items[i].0) {
                 Some(s) => self.strings.push(s),
                 None => {
                     ok = false;
@@ -247,19 +248,10 @@ impl<'a> Comparison<'a> {
         }
         let base = self.ids.len();
         for i in from..to {
-            let item = self.items[i];
+            let (item, id) = self.items[i];
             if kind(item) != Kind::Obj {
                 return None;
             }
-            let members = self.members.len();
-            let id = rawjson::members_into(item, &mut self.members).and_then(|()| {
-                self.members[members..]
-                    .iter()
-                    .rev()
-                    .find(|(key, _)| key == "id")
-                    .map(|&(_, value)| value)
-            });
-            self.members.truncate(members);
             self.ids.push((id_key(id?)?, item));
         }
         let ids = &mut self.ids[base..];

@@ -111,9 +111,11 @@ pub fn members_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -
     (p.i == p.b.len()).then_some(())
 }
 
-/// The items of a JSON array, as raw value texts in order, appended to `out`. `None` when the
-/// text is not one well-formed array (then `out` may hold some items: the caller truncates it).
-pub fn items_into<'a>(text: &'a str, out: &mut Vec<&'a str>) -> Option<()> {
+/// The items of a JSON array in order, appended to `out` as `(raw item text, id)`, where `id`
+/// is, for an item that is an object, the raw text of its last top-level `id` member: what a
+/// comparison by id needs, in the one pass that finds the items. `None` when the text is not one
+/// well-formed array (then `out` may hold some items: the caller truncates it).
+pub fn items_into<'a>(text: &'a str, out: &mut Vec<(&'a str, Option<&'a str>)>) -> Option<()> {
     let mut p = Parser {
         s: text,
         b: text.as_bytes(),
@@ -128,8 +130,13 @@ pub fn items_into<'a>(text: &'a str, out: &mut Vec<&'a str>) -> Option<()> {
         loop {
             p.ws();
             let start = p.i;
-            p.skip()?;
-            out.push(&text[start..p.i]);
+            let id = if p.b.get(p.i) == Some(&b'{') {
+                p.object_id()?
+            } else {
+                p.skip()?;
+                None
+            };
+            out.push((&text[start..p.i], id));
             p.ws();
             if p.eat(b',') {
                 continue;
@@ -682,6 +689,35 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => self.number().map(Val::Num),
+        }
+    }
+
+    /// Skips one object, from its `{`, and returns the raw text of its last `id` member.
+    fn object_id(&mut self) -> Option<Option<&'a str>> {
+        self.i += 1;
+        let mut id = None;
+        self.ws();
+        if self.eat(b'}') {
+            return Some(id);
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.ws();
+            let start = self.i;
+            self.skip()?;
+            if key == "id" {
+                id = Some(&self.s[start..self.i]);
+            }
+            self.ws();
+            if self.eat(b',') {
+                continue;
+            }
+            return self.eat(b'}').then_some(id);
         }
     }
 
