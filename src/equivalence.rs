@@ -19,7 +19,10 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::rawjson;
+use crate::rawjson::{
+    self,
+    tape::{tape_into, Node},
+};
 
 #[cfg(test)]
 mod reference;
@@ -42,11 +45,17 @@ pub fn effectively_equal(before: &str, after: &str, volatile: &[String]) -> bool
 /// that [`rawjson::parse`] refuses gives an answer that means nothing (but never a panic).
 pub fn effectively_equal_validated(before: &str, after: &str, volatile: &[String]) -> bool {
     let (before, after) = (trim(before), trim(after));
-    let mut comparison = Comparison::default();
+    if before == after {
+        return true;
+    }
+    let Some(mut comparison) = Comparison::new(before, after) else {
+        return false;
+    };
+    let (a, b) = (0, comparison.split);
     if kind(before) == Kind::Obj && kind(after) == Kind::Obj {
-        comparison.objects_equal(before, after, &|key| volatile.iter().any(|v| v == key), 0)
+        comparison.objects_equal(a, b, &|key| volatile.iter().any(|v| v == key), 0)
     } else {
-        comparison.values_equal(before, after, 0)
+        comparison.values_equal(a, b, 0)
     }
 }
 
@@ -75,33 +84,78 @@ fn trim(text: &str) -> &str {
     text.trim_matches([' ', '\n', '\r', '\t'])
 }
 
-/// One comparison's buffers, used as stacks: each level appends the members or items it reads
-/// and truncates back when done, so a whole comparison allocates a few buffers, not a node per
-/// value.
-#[derive(Default)]
+/// One comparison: both texts' [`Node`]s in one tape (those of `before` first), and buffers
+/// used as stacks: each level appends the members or items it looks at and truncates back when
+/// done, so a whole comparison allocates a few buffers, not a node per value.
 struct Comparison<'a> {
-    members: Vec<(Cow<'a, str>, &'a str)>,
-    /// Items, with the raw `id` of those that are objects with one.
-    items: Vec<(&'a str, Option<&'a str>)>,
+    before: &'a str,
+    after: &'a str,
+    nodes: Vec<Node>,
+    /// Where the nodes of `after` start.
+    split: usize,
+    members: Vec<(Cow<'a, str>, usize)>,
+    items: Vec<usize>,
     strings: Vec<Cow<'a, str>>,
-    ids: Vec<(Cow<'a, str>, &'a str)>,
+    ids: Vec<(Cow<'a, str>, usize)>,
 }
 
 impl<'a> Comparison<'a> {
-    /// Two values' texts, without surrounding space; `depth` only bounds the recursion (valid
-    /// text is never nested deeper than [`rawjson::MAX_DEPTH`]).
-    fn values_equal(&mut self, a: &'a str, b: &'a str, depth: usize) -> bool {
-        if a == b {
+    /// `None` when either text is not one JSON value.
+    fn new(before: &'a str, after: &'a str) -> Option<Self> {
+        let mut nodes = Vec::with_capacity(64);
+        let mut stack = Vec::new();
+        tape_into(before, &mut nodes, &mut stack)?;
+        let split = nodes.len();
+        tape_into(after, &mut nodes, &mut stack)?;
+        Some(Comparison {
+            before,
+            after,
+            nodes,
+            split,
+            members: Vec::new(),
+            items: Vec::new(),
+            strings: Vec::new(),
+            ids: Vec::new(),
+        })
+    }
+
+    fn source(&self, node: usize) -> &'a str {
+        if node < self.split {
+            self.before
+        } else {
+            self.after
+        }
+    }
+
+    fn text(&self, node: usize) -> &'a str {
+        self.nodes[node].text(self.source(node))
+    }
+
+    /// The key of an object's member, unescaped.
+    fn key(&self, node: usize) -> Option<Cow<'a, str>> {
+        let raw = self.nodes[node].key(self.source(node));
+        if raw.contains('\\') {
+            rawjson::string(raw)
+        } else {
+            raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed)
+        }
+    }
+
+    /// `depth` only bounds the recursion (valid text is never nested deeper than
+    /// [`rawjson::MAX_DEPTH`]).
+    fn values_equal(&mut self, a: usize, b: usize, depth: usize) -> bool {
+        let (x, y) = (self.text(a), self.text(b));
+        if x == y {
             return true;
         }
         if depth > rawjson::MAX_DEPTH {
             return false;
         }
-        match (kind(a), kind(b)) {
-            (Kind::Num, Kind::Num) => decimal(a).is_some_and(|d| Some(d) == decimal(b)),
+        match (kind(x), kind(y)) {
+            (Kind::Num, Kind::Num) => decimal(x).is_some_and(|d| Some(d) == decimal(y)),
             // Texts without escapes that differ are different strings.
-            (Kind::Str, Kind::Str) if a.contains('\\') || b.contains('\\') => {
-                rawjson::string(a).is_some_and(|x| Some(x) == rawjson::string(b))
+            (Kind::Str, Kind::Str) if x.contains('\\') || y.contains('\\') => {
+                rawjson::string(x).is_some_and(|x| Some(x) == rawjson::string(y))
             }
             (Kind::Arr, Kind::Arr) => self.arrays_equal(a, b, depth),
             (Kind::Obj, Kind::Obj) => self.objects_equal(a, b, &|_| false, depth),
@@ -112,20 +166,29 @@ impl<'a> Comparison<'a> {
     /// Objects as maps: key order never matters; a repeated key counts with its last value.
     fn objects_equal(
         &mut self,
-        a: &'a str,
-        b: &'a str,
+        a: usize,
+        b: usize,
         skip: &dyn Fn(&str) -> bool,
         depth: usize,
     ) -> bool {
         let start = self.members.len();
-        let mid = rawjson::members_into(a, &mut self.members).map(|()| self.members.len());
-        let end = mid.and_then(|_| rawjson::members_into(b, &mut self.members));
-        let equal = match (mid, end) {
-            (Some(mid), Some(())) => self.members_equal(start, mid, skip, depth),
-            _ => false,
-        };
+        let pushed = self.push_members(a).and_then(|()| {
+            let mid = self.members.len();
+            self.push_members(b).map(|()| mid)
+        });
+        let equal = pushed.is_some_and(|mid| self.members_equal(start, mid, skip, depth));
         self.members.truncate(start);
         equal
+    }
+
+    /// Appends the members of object `node` to `members`.
+    fn push_members(&mut self, node: usize) -> Option<()> {
+        let mut child = node + 1;
+        while child < self.nodes[node].next {
+            self.members.push((self.key(child)?, child));
+            child = self.nodes[child].next;
+        }
+        Some(())
     }
 
     /// `members[start..mid]` against `members[mid..]`. Linear in the members' count (small
@@ -141,27 +204,26 @@ impl<'a> Comparison<'a> {
         const SMALL: usize = 16;
         let end = self.members.len();
         if mid - start > SMALL || end - mid > SMALL {
-            let last_values =
-                |members: &[(Cow<'a, str>, &'a str)]| -> BTreeMap<Cow<'a, str>, &'a str> {
-                    members
-                        .iter()
-                        .filter(|(key, _)| !skip(key))
-                        .cloned()
-                        .collect()
-                };
+            let last_values = |members: &[(Cow<'a, str>, usize)]| -> BTreeMap<Cow<'a, str>, usize> {
+                members
+                    .iter()
+                    .filter(|(key, _)| !skip(key))
+                    .cloned()
+                    .collect()
+            };
             let a = last_values(&self.members[start..mid]);
             let b = last_values(&self.members[mid..end]);
             return a.len() == b.len()
-                && a.iter().all(|(key, va)| {
+                && a.iter().all(|(key, &va)| {
                     b.get(key)
-                        .is_some_and(|vb| self.values_equal(va, vb, depth + 1))
+                        .is_some_and(|&vb| self.values_equal(va, vb, depth + 1))
                 });
         }
         // Entities are small objects: a linear search beats building maps.
-        let kept = |m: &[(Cow<'_, str>, &str)], i: usize| {
+        let kept = |m: &[(Cow<'_, str>, usize)], i: usize| {
             !skip(&m[i].0) && !m[i + 1..].iter().any(|(k, _)| *k == m[i].0)
         };
-        let count = |m: &[(Cow<'_, str>, &str)]| (0..m.len()).filter(|&i| kept(m, i)).count();
+        let count = |m: &[(Cow<'_, str>, usize)]| (0..m.len()).filter(|&i| kept(m, i)).count();
         if count(&self.members[start..mid]) != count(&self.members[mid..end]) {
             return false;
         }
@@ -180,23 +242,30 @@ impl<'a> Comparison<'a> {
         true
     }
 
-    fn arrays_equal(&mut self, a: &'a str, b: &'a str, depth: usize) -> bool {
+    /// As sets of strings, as maps by id, or in order, whichever the module docs' rules pick.
+    fn arrays_equal(&mut self, a: usize, b: usize, depth: usize) -> bool {
         let start = self.items.len();
-        let mid = rawjson::items_into(a, &mut self.items).map(|()| self.items.len());
-        let end = mid.and_then(|_| rawjson::items_into(b, &mut self.items));
-        let equal = match (mid, end) {
-            (Some(mid), Some(())) => self.items_equal(start, mid, depth),
-            _ => false,
-        };
+        let mut child = a + 1;
+        while child < self.nodes[a].next {
+            self.items.push(child);
+            child = self.nodes[child].next;
+        }
+        let mid = self.items.len();
+        let mut child = b + 1;
+        while child < self.nodes[b].next {
+            self.items.push(child);
+            child = self.nodes[child].next;
+        }
+        let equal = self.items_equal(start, mid, depth);
         self.items.truncate(start);
         equal
     }
 
-    /// `items[start..mid]` against `items[mid..]`: as sets of strings, as maps by id, or in
-    /// order, whichever the module docs' rules pick.
+    /// `items[start..mid]` against `items[mid..]`.
     fn items_equal(&mut self, start: usize, mid: usize, depth: usize) -> bool {
         let end = self.items.len();
-        let strings = |items: &[(&str, _)]| items.iter().all(|(item, _)| kind(item) == Kind::Str);
+        let strings =
+            |range: &[usize]| range.iter().all(|&item| kind(self.text(item)) == Kind::Str);
         if strings(&self.items[start..mid]) && strings(&self.items[mid..end]) {
             return self.string_sets_equal(start, mid);
         }
@@ -211,30 +280,28 @@ impl<'a> Comparison<'a> {
         self.ids.truncate(ids);
         mid - start == end - mid
             && (0..mid - start).all(|i| {
-                let (x, y) = (self.items[start + i].0, self.items[mid + i].0);
+                let (x, y) = (self.items[start + i], self.items[mid + i]);
                 self.values_equal(x, y, depth + 1)
             })
     }
 
     fn string_sets_equal(&mut self, start: usize, mid: usize) -> bool {
         let base = self.strings.len();
-        let mut equal = false;
-        let mut ok = true;
+        let mut decoded = true;
         for i in start..self.items.len() {
-            match rawjson::string(self.items[i].0) {
+            match rawjson::string(self.text(self.items[i])) {
                 Some(s) => self.strings.push(s),
                 None => {
-                    ok = false;
+                    decoded = false;
                     break;
                 }
             }
         }
-        if ok {
-            let split = base + (mid - start);
-            let (a, b) = self.strings[base..].split_at_mut(split - base);
+        let equal = decoded && {
+            let (a, b) = self.strings[base..].split_at_mut(mid - start);
             let (na, nb) = (sort_unique(a), sort_unique(b));
-            equal = a[..na] == b[..nb];
-        }
+            a[..na] == b[..nb]
+        };
         self.strings.truncate(base);
         equal
     }
@@ -248,11 +315,20 @@ impl<'a> Comparison<'a> {
         }
         let base = self.ids.len();
         for i in from..to {
-            let (item, id) = self.items[i];
-            if kind(item) != Kind::Obj {
+            let item = self.items[i];
+            if kind(self.text(item)) != Kind::Obj {
                 return None;
             }
-            self.ids.push((id_key(id?)?, item));
+            // The last `id` member counts.
+            let mut id = None;
+            let mut child = item + 1;
+            while child < self.nodes[item].next {
+                if self.key(child).is_some_and(|key| key == "id") {
+                    id = Some(child);
+                }
+                child = self.nodes[child].next;
+            }
+            self.ids.push((id_key(self.text(id?))?, item));
         }
         let ids = &mut self.ids[base..];
         ids.sort_unstable_by(|x, y| x.0.cmp(&y.0));

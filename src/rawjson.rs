@@ -21,6 +21,8 @@
 
 use std::borrow::Cow;
 
+pub mod tape;
+
 /// A borrowed JSON value. Numbers keep their text; strings are borrowed unless they contain
 /// escapes.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,19 +69,12 @@ pub fn parse(text: &str) -> Option<Val<'_>> {
 /// text order (a repeated key appears each time). `None` when the text is not one well-formed
 /// object: never a partial list.
 pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
-    let mut out = Vec::new();
-    members_into(text, &mut out)?;
-    Some(out)
-}
-
-/// [`members`], appended to `out`, so that a caller can reuse one buffer. On `None`, `out` may
-/// hold some of the members after what it held before: the caller truncates it.
-pub fn members_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<()> {
     let mut p = Parser {
         s: text,
         b: text.as_bytes(),
         i: 0,
     };
+    let mut out = Vec::new();
     p.ws();
     if !p.eat(b'{') {
         return None;
@@ -108,47 +103,7 @@ pub fn members_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -
         }
     }
     p.ws();
-    (p.i == p.b.len()).then_some(())
-}
-
-/// The items of a JSON array in order, appended to `out` as `(raw item text, id)`, where `id`
-/// is, for an item that is an object, the raw text of its last top-level `id` member: what a
-/// comparison by id needs, in the one pass that finds the items. `None` when the text is not one
-/// well-formed array (then `out` may hold some items: the caller truncates it).
-pub fn items_into<'a>(text: &'a str, out: &mut Vec<(&'a str, Option<&'a str>)>) -> Option<()> {
-    let mut p = Parser {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
-    if !p.eat(b'[') {
-        return None;
-    }
-    p.ws();
-    if !p.eat(b']') {
-        loop {
-            p.ws();
-            let start = p.i;
-            let id = if p.b.get(p.i) == Some(&b'{') {
-                p.object_id()?
-            } else {
-                p.skip()?;
-                None
-            };
-            out.push((&text[start..p.i], id));
-            p.ws();
-            if p.eat(b',') {
-                continue;
-            }
-            if p.eat(b']') {
-                break;
-            }
-            return None;
-        }
-    }
-    p.ws();
-    (p.i == p.b.len()).then_some(())
+    (p.i == p.b.len()).then_some(out)
 }
 
 /// Whether [`parse`] would accept the text, found without building the tree: what it refuses,
@@ -689,35 +644,6 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => self.number().map(Val::Num),
-        }
-    }
-
-    /// Skips one object, from its `{`, and returns the raw text of its last `id` member.
-    fn object_id(&mut self) -> Option<Option<&'a str>> {
-        self.i += 1;
-        let mut id = None;
-        self.ws();
-        if self.eat(b'}') {
-            return Some(id);
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            if !self.eat(b':') {
-                return None;
-            }
-            self.ws();
-            let start = self.i;
-            self.skip()?;
-            if key == "id" {
-                id = Some(&self.s[start..self.i]);
-            }
-            self.ws();
-            if self.eat(b',') {
-                continue;
-            }
-            return self.eat(b'}').then_some(id);
         }
     }
 
