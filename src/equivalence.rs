@@ -102,7 +102,8 @@ struct Comparison<'a> {
 impl<'a> Comparison<'a> {
     /// `None` when either text is not one JSON value.
     fn new(before: &'a str, after: &'a str) -> Option<Self> {
-        let mut nodes = Vec::with_capacity(64);
+        // About one node per 14 bytes of entity text: one allocation, no growing.
+        let mut nodes = Vec::with_capacity((before.len() + after.len()) / 8 + 8);
         let mut stack = Vec::new();
         tape_into(before, &mut nodes, &mut stack)?;
         let split = nodes.len();
@@ -112,10 +113,10 @@ impl<'a> Comparison<'a> {
             after,
             nodes,
             split,
-            members: Vec::new(),
-            items: Vec::new(),
-            strings: Vec::new(),
-            ids: Vec::new(),
+            members: Vec::with_capacity(32),
+            items: Vec::with_capacity(32),
+            strings: Vec::with_capacity(32),
+            ids: Vec::with_capacity(32),
         })
     }
 
@@ -134,7 +135,17 @@ impl<'a> Comparison<'a> {
     /// The key of an object's member, unescaped.
     fn key(&self, node: usize) -> Option<Cow<'a, str>> {
         let raw = self.nodes[node].key(self.source(node));
-        if raw.contains('\\') {
+        if self.nodes[node].key_escaped {
+            rawjson::string(raw)
+        } else {
+            raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed)
+        }
+    }
+
+    /// A string node's value, unescaped.
+    fn string(&self, node: usize) -> Option<Cow<'a, str>> {
+        let raw = self.text(node);
+        if self.nodes[node].escaped {
             rawjson::string(raw)
         } else {
             raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed)
@@ -154,8 +165,8 @@ impl<'a> Comparison<'a> {
         match (kind(x), kind(y)) {
             (Kind::Num, Kind::Num) => decimal(x).is_some_and(|d| Some(d) == decimal(y)),
             // Texts without escapes that differ are different strings.
-            (Kind::Str, Kind::Str) if x.contains('\\') || y.contains('\\') => {
-                rawjson::string(x).is_some_and(|x| Some(x) == rawjson::string(y))
+            (Kind::Str, Kind::Str) if self.nodes[a].escaped || self.nodes[b].escaped => {
+                self.string(a).is_some_and(|x| Some(x) == self.string(b))
             }
             (Kind::Arr, Kind::Arr) => self.arrays_equal(a, b, depth),
             (Kind::Obj, Kind::Obj) => self.objects_equal(a, b, &|_| false, depth),
@@ -289,7 +300,7 @@ impl<'a> Comparison<'a> {
         let base = self.strings.len();
         let mut decoded = true;
         for i in start..self.items.len() {
-            match rawjson::string(self.text(self.items[i])) {
+            match self.string(self.items[i]) {
                 Some(s) => self.strings.push(s),
                 None => {
                     decoded = false;
@@ -323,12 +334,19 @@ impl<'a> Comparison<'a> {
             let mut id = None;
             let mut child = item + 1;
             while child < self.nodes[item].next {
-                if self.key(child).is_some_and(|key| key == "id") {
+                let node = &self.nodes[child];
+                let is_id = if node.key_escaped {
+                    self.key(child).is_some_and(|key| key == "id")
+                } else {
+                    node.key(self.source(child)) == "\"id\""
+                };
+                if is_id {
                     id = Some(child);
                 }
                 child = self.nodes[child].next;
             }
-            self.ids.push((id_key(self.text(id?))?, item));
+            let id = id?;
+            self.ids.push((self.id_key(id)?, item));
         }
         let ids = &mut self.ids[base..];
         ids.sort_unstable_by(|x, y| x.0.cmp(&y.0));
@@ -336,6 +354,28 @@ impl<'a> Comparison<'a> {
             return None;
         }
         Some(base)
+    }
+
+    /// A key under which ids that are equal as values collide (`"7"` stays apart from `7`).
+    /// String ids, by far the common case, are borrowed; other kinds are prefixed with a NUL that
+    /// no borrowed key starts with. The same keys as the tree comparison's: an id that is neither a
+    /// string nor a number is keyed by its tree.
+    fn id_key(&self, node: usize) -> Option<Cow<'a, str>> {
+        let id = self.text(node);
+        Some(Cow::Owned(match kind(id) {
+            Kind::Str => {
+                let s = self.string(node)?;
+                if !s.starts_with('\0') {
+                    return Some(s);
+                }
+                format!("\0s{s}")
+            }
+            Kind::Num => match decimal(id) {
+                Some((neg, digits, exp)) => format!("\0n{neg}:{digits}e{exp}"),
+                None => format!("\0n{id}"),
+            },
+            _ => format!("\0v{:?}", rawjson::parse(id)?),
+        }))
     }
 
     /// `ids[start..mid]` against `ids[mid..]`, both sorted by id without repeats.
@@ -364,27 +404,6 @@ fn sort_unique(strings: &mut [Cow<'_, str>]) -> usize {
         }
     }
     unique
-}
-
-/// A key under which ids that are equal as values collide (`"7"` stays apart from `7`).
-/// String ids, by far the common case, are borrowed; other kinds are prefixed with a NUL that
-/// no borrowed key starts with. The same keys as the tree comparison's: an id that is neither a
-/// string nor a number is keyed by its tree.
-fn id_key(id: &str) -> Option<Cow<'_, str>> {
-    Some(Cow::Owned(match kind(id) {
-        Kind::Str => {
-            let s = rawjson::string(id)?;
-            if !s.starts_with('\0') {
-                return Some(s);
-            }
-            format!("\0s{s}")
-        }
-        Kind::Num => match decimal(id) {
-            Some((neg, digits, exp)) => format!("\0n{neg}:{digits}e{exp}"),
-            None => format!("\0n{id}"),
-        },
-        _ => format!("\0v{:?}", rawjson::parse(id)?),
-    }))
 }
 
 /// A JSON number's text as exact `(negative, significant digits, exponent)`, canonical so that

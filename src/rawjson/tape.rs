@@ -19,6 +19,10 @@ pub struct Node {
     pub key_end: usize,
     /// The index of the node after this value and all its descendants.
     pub next: usize,
+    /// The value is a string that holds escapes.
+    pub escaped: bool,
+    /// The key holds escapes.
+    pub key_escaped: bool,
 }
 
 impl Node {
@@ -50,7 +54,7 @@ pub fn tape_into(text: &str, out: &mut Vec<Node>, stack: &mut Vec<usize>) -> Opt
 
 impl Parser<'_> {
     fn tape(&mut self, out: &mut Vec<Node>, stack: &mut Vec<usize>, base: usize) -> Option<()> {
-        let (mut key_start, mut key_end) = (0, 0);
+        let (mut key_start, mut key_end, mut key_escaped) = (0, 0, false);
         loop {
             self.ws();
             let start = self.i;
@@ -61,6 +65,8 @@ impl Parser<'_> {
                 key_start,
                 key_end,
                 next: 0,
+                escaped: false,
+                key_escaped,
             });
             match open {
                 b'[' | b'{' => {
@@ -68,13 +74,18 @@ impl Parser<'_> {
                     self.ws();
                     if !self.eat(if open == b'[' { b']' } else { b'}' }) {
                         stack.push(out.len() - 1);
-                        (key_start, key_end) = if open == b'{' { self.key()? } else { (0, 0) };
+                        (key_start, key_end, key_escaped) = if open == b'{' {
+                            self.key()?
+                        } else {
+                            (0, 0, false)
+                        };
                         continue;
                     }
                 }
                 b'"' => {
                     self.i += 1;
-                    self.skip_to_closing_quote()?;
+                    let node = out.len() - 1;
+                    out[node].escaped = self.closing_quote()?;
                     self.i += 1;
                 }
                 b'n' => self.literal("null")?,
@@ -97,11 +108,12 @@ impl Parser<'_> {
                 match self.b.get(self.i)? {
                     b',' => {
                         self.i += 1;
-                        if self.b[out[container].start] == b'{' {
-                            (key_start, key_end) = self.key()?;
+                        (key_start, key_end, key_escaped) = if self.b[out[container].start] == b'{'
+                        {
+                            self.key()?
                         } else {
-                            (key_start, key_end) = (0, 0);
-                        }
+                            (0, 0, false)
+                        };
                         break;
                     }
                     &close @ (b']' | b'}') => {
@@ -119,18 +131,57 @@ impl Parser<'_> {
         }
     }
 
-    /// A member's key and its colon; the key's span, quotes included.
-    fn key(&mut self) -> Option<(usize, usize)> {
+    /// A member's key and its colon; the key's span, quotes included, and whether it holds
+    /// escapes.
+    fn key(&mut self) -> Option<(usize, usize, bool)> {
         self.ws();
         if !self.eat(b'"') {
             return None;
         }
         let start = self.i - 1;
-        self.skip_to_closing_quote()?;
+        let escaped = self.closing_quote()?;
         self.i += 1;
         let end = self.i;
         self.ws();
-        self.eat(b':').then_some((start, end))
+        self.eat(b':').then_some((start, end, escaped))
+    }
+
+    /// From inside a string, moves to its closing quote; tells whether it saw an escape. Eight
+    /// bytes at a time: only a quote or a backslash stops it (in valid text, nothing else can
+    /// end a string).
+    fn closing_quote(&mut self) -> Option<bool> {
+        const ONES: u64 = u64::from_le_bytes([1; 8]);
+        const HIGH: u64 = ONES << 7;
+        let has = |word: u64, byte: u8| {
+            let x = word ^ (ONES * u64::from(byte));
+            x.wrapping_sub(ONES) & !x & HIGH
+        };
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().ok()?);
+                let found = has(word, b'"') | has(word, b'\\');
+                if found != 0 {
+                    // The lowest flagged byte is exact (only bytes above it can be false hits).
+                    self.i += found.trailing_zeros() as usize / 8;
+                    break;
+                }
+                self.i += 8;
+            }
+            while let Some(&c) = self.b.get(self.i) {
+                if c == b'"' || c == b'\\' {
+                    break;
+                }
+                self.i += 1;
+            }
+            match *self.b.get(self.i)? {
+                b'"' => return Some(escaped),
+                _ => {
+                    escaped = true;
+                    self.i += 2;
+                }
+            }
+        }
     }
 }
 
