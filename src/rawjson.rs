@@ -15,7 +15,9 @@
 //!   why. It may refuse more than they do (then the record is only read more slowly), never less.
 //!
 //! The pure core uses it to look into entities without building a tree: top-level members of an
-//! object, and a borrowed value tree for comparisons, with numbers kept as their exact text.
+//! object, and for comparisons a flat [`tape`] of every value's span, read in one pass. A
+//! borrowed value tree ([`parse`]), with numbers kept as their exact text, remains for the rare
+//! value that must be read whole.
 //!
 //! [`RawValue`]: serde_json::value::RawValue
 
