@@ -9,11 +9,25 @@
 //! - any other array is compared in order;
 //! - numbers are compared as exact decimal values (`1`, `1.0` and `10e-1` are equal), without
 //!   the rounding a float would bring to large integers.
+//!
+//! How: no tree is built. The comparison walks both texts side by side, and any two values whose
+//! texts are byte for byte the same are equal without being read further (most members of two
+//! snapshots are). Only values whose texts differ are split into members or items, on buffers
+//! shared by the whole comparison. `reference` (tests only) is the tree comparison it replaced,
+//! and the tests check that both give the same answer.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::rawjson::{self, Val};
+use crate::rawjson::{
+    self,
+    tape::{tape_into, Node},
+};
+
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
 
 /// The fields removed before comparing user snapshots, by default (SPEC §3).
 pub const DEFAULT_VOLATILE_FIELDS: [&str; 3] = ["updated_at", "version", "last_seen_country"];
@@ -21,117 +35,375 @@ pub const DEFAULT_VOLATILE_FIELDS: [&str; 3] = ["updated_at", "version", "last_s
 /// True when the JSON texts `before` and `after` differ only in the top-level `volatile`
 /// fields, under the comparison rules in the module docs. Text that is not JSON is never equal.
 pub fn effectively_equal(before: &str, after: &str, volatile: &[String]) -> bool {
-    let (Some(before), Some(after)) = (rawjson::parse(before), rawjson::parse(after)) else {
+    rawjson::is_value(before)
+        && rawjson::is_value(after)
+        && effectively_equal_validated(before, after, volatile)
+}
+
+/// [`effectively_equal`] for texts already known to be JSON, as the entities of a validated
+/// record are: the same answer, without reading both texts once more only to check them. Text
+/// that [`rawjson::parse`] refuses gives an answer that means nothing (but never a panic).
+pub fn effectively_equal_validated(before: &str, after: &str, volatile: &[String]) -> bool {
+    let (before, after) = (trim(before), trim(after));
+    if before == after {
+        return true;
+    }
+    let Some(mut comparison) = Comparison::new(before, after) else {
         return false;
     };
-    match (&before, &after) {
-        (Val::Obj(b), Val::Obj(a)) => objects_equal(b, a, &|key| volatile.iter().any(|v| v == key)),
-        _ => values_equal(&before, &after),
+    let (a, b) = (0, comparison.split);
+    if kind(before) == Kind::Obj && kind(after) == Kind::Obj {
+        comparison.objects_equal(a, b, &|key| volatile.iter().any(|v| v == key), 0)
+    } else {
+        comparison.values_equal(a, b, 0)
     }
 }
 
-fn values_equal(a: &Val<'_>, b: &Val<'_>) -> bool {
-    match (a, b) {
-        (Val::Null, Val::Null) => true,
-        (Val::Bool(x), Val::Bool(y)) => x == y,
-        (Val::Num(x), Val::Num(y)) => x == y || decimal(x).is_some_and(|d| Some(d) == decimal(y)),
-        (Val::Str(x), Val::Str(y)) => x == y,
-        (Val::Arr(x), Val::Arr(y)) => arrays_equal(x, y),
-        (Val::Obj(x), Val::Obj(y)) => objects_equal(x, y, &|_| false),
-        _ => false,
+/// What a value is, from its first byte (the texts here are valid JSON, without leading space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `null`, `true` or `false`: equal exactly when their texts are.
+    Literal,
+    Num,
+    Str,
+    Arr,
+    Obj,
+}
+
+fn kind(text: &str) -> Kind {
+    match text.as_bytes().first() {
+        Some(b'"') => Kind::Str,
+        Some(b'[') => Kind::Arr,
+        Some(b'{') => Kind::Obj,
+        Some(b'n' | b't' | b'f') => Kind::Literal,
+        _ => Kind::Num,
     }
 }
 
-type Members<'a> = [(Cow<'a, str>, Val<'a>)];
-
-/// Objects as maps: key order never matters; a repeated key counts with its last value.
-/// Linear in the members' count (small objects by search, large ones through maps), so a hostile
-/// object with many members costs no more than reading it.
-fn objects_equal(a: &Members<'_>, b: &Members<'_>, skip: &dyn Fn(&str) -> bool) -> bool {
-    const SMALL: usize = 16;
-    if a.len() > SMALL || b.len() > SMALL {
-        let (a, b) = (last_values(a, skip), last_values(b, skip));
-        return a.len() == b.len()
-            && a.iter()
-                .all(|(key, va)| b.get(key).is_some_and(|vb| values_equal(va, vb)));
-    }
-    // Entities are small objects: a linear search beats building maps.
-    let last = |m: &Members<'_>, i: usize| !m[i + 1..].iter().any(|(k, _)| *k == m[i].0);
-    let kept = |m: &Members<'_>| {
-        (0..m.len())
-            .filter(|&i| !skip(&m[i].0) && last(m, i))
-            .count()
-    };
-    kept(a) == kept(b)
-        && (0..a.len())
-            .filter(|&i| !skip(&a[i].0) && last(a, i))
-            .all(|i| {
-                b.iter()
-                    .rev()
-                    .find(|(k, _)| *k == a[i].0)
-                    .is_some_and(|(_, vb)| values_equal(&a[i].1, vb))
-            })
+fn trim(text: &str) -> &str {
+    text.trim_matches([' ', '\n', '\r', '\t'])
 }
 
-/// An object's members as a map, a later copy of a key replacing an earlier one.
-fn last_values<'m, 'a>(
-    members: &'m Members<'a>,
-    skip: &dyn Fn(&str) -> bool,
-) -> BTreeMap<&'m str, &'m Val<'a>> {
-    members
-        .iter()
-        .filter(|(key, _)| !skip(key))
-        .map(|(key, value)| (&**key, value))
-        .collect()
+/// One comparison: both texts' [`Node`]s in one tape (those of `before` first), and buffers
+/// used as stacks: each level appends the members or items it looks at and truncates back when
+/// done, so a whole comparison allocates a few buffers, not a node per value.
+struct Comparison<'a> {
+    before: &'a str,
+    after: &'a str,
+    nodes: Vec<Node>,
+    /// Where the nodes of `after` start.
+    split: usize,
+    members: Vec<(Cow<'a, str>, usize)>,
+    items: Vec<usize>,
+    strings: Vec<Cow<'a, str>>,
+    ids: Vec<(Cow<'a, str>, usize)>,
 }
 
-fn arrays_equal(a: &[Val<'_>], b: &[Val<'_>]) -> bool {
-    if let (Some(x), Some(y)) = (string_set(a), string_set(b)) {
-        return x == y;
+impl<'a> Comparison<'a> {
+    /// `None` when either text is not one JSON value.
+    fn new(before: &'a str, after: &'a str) -> Option<Self> {
+        // About one node per 14 bytes of entity text: one allocation, no growing.
+        let mut nodes = Vec::with_capacity((before.len() + after.len()) / 8 + 8);
+        let mut stack = Vec::new();
+        tape_into(before, &mut nodes, &mut stack)?;
+        let split = nodes.len();
+        tape_into(after, &mut nodes, &mut stack)?;
+        Some(Comparison {
+            before,
+            after,
+            nodes,
+            split,
+            members: Vec::with_capacity(32),
+            items: Vec::with_capacity(32),
+            strings: Vec::with_capacity(32),
+            ids: Vec::with_capacity(32),
+        })
     }
-    if let (Some(x), Some(y)) = (id_map(a), id_map(b)) {
-        return x.len() == y.len()
-            && x.iter()
-                .all(|(id, va)| y.get(id).is_some_and(|vb| values_equal(va, vb)));
-    }
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_equal(x, y))
-}
 
-/// The array as a set, when every item is a string.
-fn string_set<'v>(items: &'v [Val<'_>]) -> Option<BTreeSet<&'v str>> {
-    items.iter().map(Val::as_str).collect()
-}
-
-/// The array as a map keyed by each item's `id`, when every item is an object with an `id` and
-/// no id repeats.
-fn id_map<'v, 'a>(items: &'v [Val<'a>]) -> Option<BTreeMap<Cow<'v, str>, &'v Val<'a>>> {
-    if items.is_empty() {
-        return None;
-    }
-    let mut map = BTreeMap::new();
-    for item in items {
-        let Val::Obj(_) = item else { return None };
-        let id = item.get("id")?;
-        if map.insert(id_key(id), item).is_some() {
-            return None;
+    fn source(&self, node: usize) -> &'a str {
+        if node < self.split {
+            self.before
+        } else {
+            self.after
         }
     }
-    Some(map)
+
+    fn text(&self, node: usize) -> &'a str {
+        self.nodes[node].text(self.source(node))
+    }
+
+    /// The key of an object's member, unescaped.
+    fn key(&self, node: usize) -> Option<Cow<'a, str>> {
+        let raw = self.nodes[node].key(self.source(node));
+        if self.nodes[node].key_escaped {
+            rawjson::string(raw)
+        } else {
+            raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed)
+        }
+    }
+
+    /// A string node's value, unescaped.
+    fn string(&self, node: usize) -> Option<Cow<'a, str>> {
+        let raw = self.text(node);
+        if self.nodes[node].escaped {
+            rawjson::string(raw)
+        } else {
+            raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed)
+        }
+    }
+
+    /// `depth` only bounds the recursion (valid text is never nested deeper than
+    /// [`rawjson::MAX_DEPTH`]).
+    fn values_equal(&mut self, a: usize, b: usize, depth: usize) -> bool {
+        let (x, y) = (self.text(a), self.text(b));
+        if x == y {
+            return true;
+        }
+        if depth > rawjson::MAX_DEPTH {
+            return false;
+        }
+        match (kind(x), kind(y)) {
+            (Kind::Num, Kind::Num) => decimal(x).is_some_and(|d| Some(d) == decimal(y)),
+            // Texts without escapes that differ are different strings.
+            (Kind::Str, Kind::Str) if self.nodes[a].escaped || self.nodes[b].escaped => {
+                self.string(a).is_some_and(|x| Some(x) == self.string(b))
+            }
+            (Kind::Arr, Kind::Arr) => self.arrays_equal(a, b, depth),
+            (Kind::Obj, Kind::Obj) => self.objects_equal(a, b, &|_| false, depth),
+            _ => false,
+        }
+    }
+
+    /// Objects as maps: key order never matters; a repeated key counts with its last value.
+    fn objects_equal(
+        &mut self,
+        a: usize,
+        b: usize,
+        skip: &dyn Fn(&str) -> bool,
+        depth: usize,
+    ) -> bool {
+        let start = self.members.len();
+        let pushed = self.push_members(a).and_then(|()| {
+            let mid = self.members.len();
+            self.push_members(b).map(|()| mid)
+        });
+        let equal = pushed.is_some_and(|mid| self.members_equal(start, mid, skip, depth));
+        self.members.truncate(start);
+        equal
+    }
+
+    /// Appends the members of object `node` to `members`.
+    fn push_members(&mut self, node: usize) -> Option<()> {
+        let mut child = node + 1;
+        while child < self.nodes[node].next {
+            self.members.push((self.key(child)?, child));
+            child = self.nodes[child].next;
+        }
+        Some(())
+    }
+
+    /// `members[start..mid]` against `members[mid..]`. Linear in the members' count (small
+    /// objects by search, large ones through maps), so a hostile object with many members costs
+    /// no more than reading it.
+    fn members_equal(
+        &mut self,
+        start: usize,
+        mid: usize,
+        skip: &dyn Fn(&str) -> bool,
+        depth: usize,
+    ) -> bool {
+        const SMALL: usize = 16;
+        let end = self.members.len();
+        if mid - start > SMALL || end - mid > SMALL {
+            let last_values = |members: &[(Cow<'a, str>, usize)]| -> BTreeMap<Cow<'a, str>, usize> {
+                members
+                    .iter()
+                    .filter(|(key, _)| !skip(key))
+                    .cloned()
+                    .collect()
+            };
+            let a = last_values(&self.members[start..mid]);
+            let b = last_values(&self.members[mid..end]);
+            return a.len() == b.len()
+                && a.iter().all(|(key, &va)| {
+                    b.get(key)
+                        .is_some_and(|&vb| self.values_equal(va, vb, depth + 1))
+                });
+        }
+        // Entities are small objects: a linear search beats building maps.
+        let kept = |m: &[(Cow<'_, str>, usize)], i: usize| {
+            !skip(&m[i].0) && !m[i + 1..].iter().any(|(k, _)| *k == m[i].0)
+        };
+        let count = |m: &[(Cow<'_, str>, usize)]| (0..m.len()).filter(|&i| kept(m, i)).count();
+        if count(&self.members[start..mid]) != count(&self.members[mid..end]) {
+            return false;
+        }
+        for i in 0..mid - start {
+            let (a, b) = (&self.members[start..mid], &self.members[mid..end]);
+            if !kept(a, i) {
+                continue;
+            }
+            let Some(&(_, vb)) = b.iter().rev().find(|(k, _)| *k == a[i].0) else {
+                return false;
+            };
+            if !self.values_equal(a[i].1, vb, depth + 1) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// As sets of strings, as maps by id, or in order, whichever the module docs' rules pick.
+    fn arrays_equal(&mut self, a: usize, b: usize, depth: usize) -> bool {
+        let start = self.items.len();
+        let mut child = a + 1;
+        while child < self.nodes[a].next {
+            self.items.push(child);
+            child = self.nodes[child].next;
+        }
+        let mid = self.items.len();
+        let mut child = b + 1;
+        while child < self.nodes[b].next {
+            self.items.push(child);
+            child = self.nodes[child].next;
+        }
+        let equal = self.items_equal(start, mid, depth);
+        self.items.truncate(start);
+        equal
+    }
+
+    /// `items[start..mid]` against `items[mid..]`.
+    fn items_equal(&mut self, start: usize, mid: usize, depth: usize) -> bool {
+        let end = self.items.len();
+        let strings =
+            |range: &[usize]| range.iter().all(|&item| kind(self.text(item)) == Kind::Str);
+        if strings(&self.items[start..mid]) && strings(&self.items[mid..end]) {
+            return self.string_sets_equal(start, mid);
+        }
+        let ids = self.ids.len();
+        if self.push_id_map(start, mid).is_some() {
+            if let Some(ids_mid) = self.push_id_map(mid, end) {
+                let equal = self.id_maps_equal(ids, ids_mid, depth);
+                self.ids.truncate(ids);
+                return equal;
+            }
+        }
+        self.ids.truncate(ids);
+        mid - start == end - mid
+            && (0..mid - start).all(|i| {
+                let (x, y) = (self.items[start + i], self.items[mid + i]);
+                self.values_equal(x, y, depth + 1)
+            })
+    }
+
+    fn string_sets_equal(&mut self, start: usize, mid: usize) -> bool {
+        let base = self.strings.len();
+        let mut decoded = true;
+        for i in start..self.items.len() {
+            match self.string(self.items[i]) {
+                Some(s) => self.strings.push(s),
+                None => {
+                    decoded = false;
+                    break;
+                }
+            }
+        }
+        let equal = decoded && {
+            let (a, b) = self.strings[base..].split_at_mut(mid - start);
+            let (na, nb) = (sort_unique(a), sort_unique(b));
+            a[..na] == b[..nb]
+        };
+        self.strings.truncate(base);
+        equal
+    }
+
+    /// Appends the items `items[from..to]` to `ids` keyed by their ids, sorted, and returns where
+    /// they start; `None` (with `ids` left for the caller to truncate) unless every item is an
+    /// object with an `id`, no id repeats, and there is at least one item.
+    fn push_id_map(&mut self, from: usize, to: usize) -> Option<usize> {
+        if from == to {
+            return None;
+        }
+        let base = self.ids.len();
+        for i in from..to {
+            let item = self.items[i];
+            if kind(self.text(item)) != Kind::Obj {
+                return None;
+            }
+            // The last `id` member counts.
+            let mut id = None;
+            let mut child = item + 1;
+            while child < self.nodes[item].next {
+                let node = &self.nodes[child];
+                let is_id = if node.key_escaped {
+                    self.key(child).is_some_and(|key| key == "id")
+                } else {
+                    node.key(self.source(child)) == "\"id\""
+                };
+                if is_id {
+                    id = Some(child);
+                }
+                child = self.nodes[child].next;
+            }
+            let id = id?;
+            self.ids.push((self.id_key(id)?, item));
+        }
+        let ids = &mut self.ids[base..];
+        ids.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        if ids.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            return None;
+        }
+        Some(base)
+    }
+
+    /// A key under which ids that are equal as values collide (`"7"` stays apart from `7`).
+    /// String ids, by far the common case, are borrowed; other kinds are prefixed with a NUL that
+    /// no borrowed key starts with. The same keys as the tree comparison's: an id that is neither a
+    /// string nor a number is keyed by its tree.
+    fn id_key(&self, node: usize) -> Option<Cow<'a, str>> {
+        let id = self.text(node);
+        Some(Cow::Owned(match kind(id) {
+            Kind::Str => {
+                let s = self.string(node)?;
+                if !s.starts_with('\0') {
+                    return Some(s);
+                }
+                format!("\0s{s}")
+            }
+            Kind::Num => match decimal(id) {
+                Some((neg, digits, exp)) => format!("\0n{neg}:{digits}e{exp}"),
+                None => format!("\0n{id}"),
+            },
+            _ => format!("\0v{:?}", rawjson::parse(id)?),
+        }))
+    }
+
+    /// `ids[start..mid]` against `ids[mid..]`, both sorted by id without repeats.
+    fn id_maps_equal(&mut self, start: usize, mid: usize, depth: usize) -> bool {
+        let end = self.ids.len();
+        if mid - start != end - mid
+            || (0..mid - start).any(|i| self.ids[start + i].0 != self.ids[mid + i].0)
+        {
+            return false;
+        }
+        (0..mid - start).all(|i| {
+            let (x, y) = (self.ids[start + i].1, self.ids[mid + i].1);
+            self.values_equal(x, y, depth + 1)
+        })
+    }
 }
 
-/// A key under which ids that are equal as values collide (`"7"` stays apart from `7`).
-/// String ids, by far the common case, are borrowed; other kinds are prefixed with a NUL that
-/// no borrowed key starts with.
-fn id_key<'v>(id: &'v Val<'_>) -> Cow<'v, str> {
-    Cow::Owned(match id {
-        Val::Str(s) if !s.starts_with('\0') => return Cow::Borrowed(&**s),
-        Val::Str(s) => format!("\0s{s}"),
-        Val::Num(n) => match decimal(n) {
-            Some((neg, digits, exp)) => format!("\0n{neg}:{digits}e{exp}"),
-            None => format!("\0n{n}"),
-        },
-        other => format!("\0v{other:?}"),
-    })
+/// Sorts the strings and moves one of each to the front; returns how many there are.
+fn sort_unique(strings: &mut [Cow<'_, str>]) -> usize {
+    strings.sort_unstable();
+    let mut unique = 0;
+    for i in 0..strings.len() {
+        if unique == 0 || strings[i] != strings[unique - 1] {
+            strings.swap(unique, i);
+            unique += 1;
+        }
+    }
+    unique
 }
 
 /// A JSON number's text as exact `(negative, significant digits, exponent)`, canonical so that
@@ -158,187 +430,4 @@ fn decimal(text: &str) -> Option<(bool, String, i64)> {
         return Some((false, digits, 0));
     }
     Some((neg, digits, exp))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn large_objects_compare_as_maps_like_small_ones() {
-        let members = |n: usize, rev: bool| {
-            let mut m: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
-            if rev {
-                m.reverse();
-            }
-            format!("{{{}}}", m.join(","))
-        };
-        for n in [3, 17, 50_000] {
-            let (a, b) = (members(n, false), members(n, true));
-            assert!(effectively_equal(&a, &b, &volatile()), "{n} reordered");
-            let changed = b.replacen("\"k1\":1", "\"k1\":2", 1);
-            assert!(!effectively_equal(&a, &changed, &volatile()), "{n} changed");
-            // A repeated key counts with its last value, on both paths.
-            let repeated = a.replacen('{', "{\"k1\":9,", 1);
-            assert!(
-                effectively_equal(&a, &repeated, &volatile()),
-                "{n} repeated"
-            );
-            let shadowed = a.replacen('}', ",\"k1\":9}", 1);
-            assert!(
-                !effectively_equal(&a, &shadowed, &volatile()),
-                "{n} shadowed"
-            );
-            let volatile_only = a.replacen('}', ",\"version\":3}", 1);
-            assert!(
-                effectively_equal(&a, &volatile_only, &volatile()),
-                "{n} volatile"
-            );
-        }
-    }
-
-    fn volatile() -> Vec<String> {
-        DEFAULT_VOLATILE_FIELDS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    fn eq(a: &str, b: &str) -> bool {
-        effectively_equal(a, b, &volatile())
-    }
-
-    #[test]
-    fn comparison_rules() {
-        let cases: &[(&str, &str, &str, bool)] = &[
-            (
-                "key order ignored",
-                r#"{"a":1,"b":{"x":1,"y":2}}"#,
-                r#"{"b":{"y":2,"x":1},"a":1}"#,
-                true,
-            ),
-            (
-                "volatile fields ignored",
-                r#"{"id":"u","updated_at":"1","version":1,"last_seen_country":"FR"}"#,
-                r#"{"id":"u","updated_at":"2","version":2,"last_seen_country":"DE"}"#,
-                true,
-            ),
-            (
-                "volatile field added",
-                r#"{"id":"u"}"#,
-                r#"{"id":"u","version":3}"#,
-                true,
-            ),
-            (
-                "volatile only at top level",
-                r#"{"n":{"version":1}}"#,
-                r#"{"n":{"version":2}}"#,
-                false,
-            ),
-            (
-                "real change",
-                r#"{"id":"u","email":"a"}"#,
-                r#"{"id":"u","email":"b"}"#,
-                false,
-            ),
-            (
-                "field added",
-                r#"{"id":"u"}"#,
-                r#"{"id":"u","email":"b"}"#,
-                false,
-            ),
-            (
-                "field added as null",
-                r#"{"id":"u"}"#,
-                r#"{"id":"u","email":null}"#,
-                false,
-            ),
-            (
-                "string array is a set",
-                r#"{"t":["a","b","a"]}"#,
-                r#"{"t":["b","a"]}"#,
-                true,
-            ),
-            (
-                "string set differs",
-                r#"{"t":["a","b"]}"#,
-                r#"{"t":["a","c"]}"#,
-                false,
-            ),
-            (
-                "id array is a map",
-                r#"{"p":[{"id":"x","on":true},{"id":"y","on":false}]}"#,
-                r#"{"p":[{"on":false,"id":"y"},{"id":"x","on":true}]}"#,
-                true,
-            ),
-            (
-                "id map value differs",
-                r#"{"p":[{"id":"x","on":true}]}"#,
-                r#"{"p":[{"id":"x","on":false}]}"#,
-                false,
-            ),
-            (
-                "id map key differs",
-                r#"{"p":[{"id":"x"}]}"#,
-                r#"{"p":[{"id":"z"}]}"#,
-                false,
-            ),
-            (
-                "nested id arrays as maps",
-                r#"{"c":{"p":[{"id":"x","ch":[{"id":1},{"id":2}]},{"id":"y"}]}}"#,
-                r#"{"c":{"p":[{"id":"y"},{"id":"x","ch":[{"id":2},{"id":1}]}]}}"#,
-                true,
-            ),
-            (
-                "numbers in order",
-                r#"{"n":[1,2]}"#,
-                r#"{"n":[2,1]}"#,
-                false,
-            ),
-            (
-                "mixed array in order",
-                r#"{"n":["a",1]}"#,
-                r#"{"n":[1,"a"]}"#,
-                false,
-            ),
-            (
-                "objects without id in order",
-                r#"{"n":[{"a":1},{"b":1}]}"#,
-                r#"{"n":[{"b":1},{"a":1}]}"#,
-                false,
-            ),
-            (
-                "numbers as values",
-                r#"{"n":1,"m":-0,"k":2.50}"#,
-                r#"{"n":1.0,"m":0,"k":25e-1}"#,
-                true,
-            ),
-            (
-                "large integers exact",
-                r#"{"n":123456789012345678901234567890}"#,
-                r#"{"n":123456789012345678901234567891}"#,
-                false,
-            ),
-            ("string is not number", r#"{"n":"1"}"#, r#"{"n":1}"#, false),
-            ("empty arrays", r#"{"t":[]}"#, r#"{"t":[]}"#, true),
-            (
-                "unicode",
-                r#"{"name":"Zoë"}"#,
-                r#"{"name":"Zo\u00eb"}"#,
-                true,
-            ),
-        ];
-        for (name, a, b, expected) in cases {
-            assert_eq!(eq(a, b), *expected, "{name}: {a} vs {b}");
-            assert_eq!(eq(b, a), *expected, "{name} (swapped): {b} vs {a}");
-        }
-    }
-
-    #[test]
-    fn volatile_list_is_configurable() {
-        let a = r#"{"id": "u", "seen": 1, "version": 1}"#;
-        let b = r#"{"id": "u", "seen": 2, "version": 2}"#;
-        assert!(!effectively_equal(a, b, &volatile()));
-        assert!(effectively_equal(a, b, &["seen".into(), "version".into()]));
-    }
 }

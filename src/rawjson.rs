@@ -15,11 +15,15 @@
 //!   why. It may refuse more than they do (then the record is only read more slowly), never less.
 //!
 //! The pure core uses it to look into entities without building a tree: top-level members of an
-//! object, and a borrowed value tree for comparisons, with numbers kept as their exact text.
+//! object, and for comparisons a flat [`tape`] of every value's span, read in one pass. A
+//! borrowed value tree ([`parse`]), with numbers kept as their exact text, remains for the rare
+//! value that must be read whole.
 //!
 //! [`RawValue`]: serde_json::value::RawValue
 
 use std::borrow::Cow;
+
+pub mod tape;
 
 /// A borrowed JSON value. Numbers keep their text; strings are borrowed unless they contain
 /// escapes.
@@ -102,6 +106,21 @@ pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     }
     p.ws();
     (p.i == p.b.len()).then_some(out)
+}
+
+/// Whether [`parse`] would accept the text, found without building the tree: what it refuses,
+/// this refuses (nesting past [`MAX_DEPTH`] included), and nothing else.
+pub fn is_value(text: &str) -> bool {
+    let mut p = Parser {
+        s: text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    if p.check(0).is_none() {
+        return false;
+    }
+    p.ws();
+    p.i == p.b.len()
 }
 
 /// Why [`check_structure`] refuses a text.
@@ -632,6 +651,57 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => self.number().map(Val::Num),
+        }
+    }
+
+    /// What [`Parser::value`] accepts, step for step, without building the value.
+    fn check(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'n' => self.literal("null"),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'"' => self.string().map(drop),
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b']') {
+                    return Some(());
+                }
+                loop {
+                    self.check(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b']').then_some(());
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b'}') {
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.string()?;
+                    self.ws();
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    self.check(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b'}').then_some(());
+                }
+            }
+            _ => self.number().map(drop),
         }
     }
 
