@@ -146,40 +146,20 @@ impl Parser<'_> {
         self.eat(b':').then_some((start, end, escaped))
     }
 
-    /// From inside a string, moves to its closing quote; tells whether it saw an escape. Eight
-    /// bytes at a time: only a quote or a backslash stops it (in valid text, nothing else can
-    /// end a string).
+    /// From inside a string, moves to its closing quote; tells whether it saw an escape. A word
+    /// at a time ([`super::plain_run_end`]); a control character (valid text has none) ends
+    /// nothing.
     fn closing_quote(&mut self) -> Option<bool> {
-        const ONES: u64 = u64::from_le_bytes([1; 8]);
-        const HIGH: u64 = ONES << 7;
-        let has = |word: u64, byte: u8| {
-            let x = word ^ (ONES * u64::from(byte));
-            x.wrapping_sub(ONES) & !x & HIGH
-        };
         let mut escaped = false;
         loop {
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().ok()?);
-                let found = has(word, b'"') | has(word, b'\\');
-                if found != 0 {
-                    // The lowest flagged byte is exact (only bytes above it can be false hits).
-                    self.i += found.trailing_zeros() as usize / 8;
-                    break;
-                }
-                self.i += 8;
-            }
-            while let Some(&c) = self.b.get(self.i) {
-                if c == b'"' || c == b'\\' {
-                    break;
-                }
-                self.i += 1;
-            }
+            self.i = super::plain_run_end(self.b, self.i);
             match *self.b.get(self.i)? {
                 b'"' => return Some(escaped),
-                _ => {
+                b'\\' => {
                     escaped = true;
                     self.i += 2;
                 }
+                _ => self.i += 1,
             }
         }
     }
