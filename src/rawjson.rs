@@ -250,7 +250,8 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
     if p.b.get(p.i) != Some(&b'{') {
         return None;
     }
-    let mut top = Vec::new();
+    // Sized for a record's usual members and an entity's, so that neither grows as it fills.
+    let mut top = Vec::with_capacity(8);
     // Bit `d` set: the open container at depth `d` is an object (MAX_DEPTH < 128).
     let mut objects = 0u128;
     let mut depth = 0usize;
@@ -279,7 +280,7 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
                     objects &= !(1 << depth);
                 }
                 if depth == 2 && object {
-                    inner = Some(Vec::new());
+                    inner = Some(Vec::with_capacity(16));
                 }
                 p.ws();
                 if !p.eat(if object { b'}' } else { b']' }) {
@@ -367,6 +368,7 @@ impl Strict<'_> {
 
     /// A member's key and its colon. Keeps the record's keys (depth 1), which must be plain, and
     /// its object values' keys (depth 2), unescaped.
+    #[inline(always)]
     fn key<'t>(
         &mut self,
         text: &'t str,
@@ -393,6 +395,7 @@ impl Strict<'_> {
 
     /// A string, from its opening quote to just past its closing one: no control characters,
     /// only JSON's escapes, every `\u` surrogate paired. Tells whether it holds escapes.
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         self.i += 1;
         let mut escaped = false;

@@ -133,6 +133,7 @@ impl Parser<'_> {
 
     /// A member's key and its colon; the key's span, quotes included, and whether it holds
     /// escapes.
+    #[inline(always)]
     fn key(&mut self) -> Option<(usize, usize, bool)> {
         self.ws();
         if !self.eat(b'"') {
