@@ -123,6 +123,8 @@ impl RetryReader {
         let defaults = [
             ("auto.offset.reset", "earliest"),
             ("queued.max.messages.kbytes", "16384"),
+            // As the input's: fetch again soon after the queue drains (librdkafka waits 1 s).
+            ("fetch.queue.backoff.ms", "10"),
             ("statistics.interval.ms", "5000"),
         ];
         let context = RetryContext {
