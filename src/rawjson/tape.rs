@@ -85,7 +85,7 @@ impl Parser<'_> {
                 b'"' => {
                     self.i += 1;
                     let node = out.len() - 1;
-                    out[node].escaped = self.closing_quote()?;
+                    out[node].escaped = self.skip_to_closing_quote()?;
                     self.i += 1;
                 }
                 b'n' => self.literal("null")?,
@@ -140,29 +140,11 @@ impl Parser<'_> {
             return None;
         }
         let start = self.i - 1;
-        let escaped = self.closing_quote()?;
+        let escaped = self.skip_to_closing_quote()?;
         self.i += 1;
         let end = self.i;
         self.ws();
         self.eat(b':').then_some((start, end, escaped))
-    }
-
-    /// From inside a string, moves to its closing quote; tells whether it saw an escape. A word
-    /// at a time ([`super::plain_run_end`]); a control character (valid text has none) ends
-    /// nothing.
-    fn closing_quote(&mut self) -> Option<bool> {
-        let mut escaped = false;
-        loop {
-            self.i = super::plain_run_end(self.b, self.i);
-            match *self.b.get(self.i)? {
-                b'"' => return Some(escaped),
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
-            }
-        }
     }
 }
 
