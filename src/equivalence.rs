@@ -195,9 +195,9 @@ impl<'a> Comparison<'a> {
     /// Appends the members of object `node` to `members`.
     fn push_members(&mut self, node: usize) -> Option<()> {
         let mut child = node + 1;
-        while child < self.nodes[node].next {
+        while child < self.nodes[node].next() {
             self.members.push((self.key(child)?, child));
-            child = self.nodes[child].next;
+            child = self.nodes[child].next();
         }
         Some(())
     }
@@ -257,15 +257,15 @@ impl<'a> Comparison<'a> {
     fn arrays_equal(&mut self, a: usize, b: usize, depth: usize) -> bool {
         let start = self.items.len();
         let mut child = a + 1;
-        while child < self.nodes[a].next {
+        while child < self.nodes[a].next() {
             self.items.push(child);
-            child = self.nodes[child].next;
+            child = self.nodes[child].next();
         }
         let mid = self.items.len();
         let mut child = b + 1;
-        while child < self.nodes[b].next {
+        while child < self.nodes[b].next() {
             self.items.push(child);
-            child = self.nodes[child].next;
+            child = self.nodes[child].next();
         }
         let equal = self.items_equal(start, mid, depth);
         self.items.truncate(start);
@@ -333,7 +333,7 @@ impl<'a> Comparison<'a> {
             // The last `id` member counts.
             let mut id = None;
             let mut child = item + 1;
-            while child < self.nodes[item].next {
+            while child < self.nodes[item].next() {
                 let node = &self.nodes[child];
                 let is_id = if node.key_escaped {
                     self.key(child).is_some_and(|key| key == "id")
@@ -343,7 +343,7 @@ impl<'a> Comparison<'a> {
                 if is_id {
                     id = Some(child);
                 }
-                child = self.nodes[child].next;
+                child = self.nodes[child].next();
             }
             let id = id?;
             self.ids.push((self.id_key(id)?, item));

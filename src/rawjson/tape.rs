@@ -7,18 +7,23 @@
 
 use super::Parser;
 
-/// One value. The children of a container are the nodes from the one after it up to its `next`,
-/// going from sibling to sibling through `next`.
+/// One value. The children of a container are the nodes from the one after it up to its
+/// [`next`](Node::next), going from sibling to sibling through `next`.
+///
+/// Positions and indexes are `u32`: 24 bytes a node rather than 48, which matters for a dense
+/// array of small values (a node for every two bytes of `0,0,0`). A text, with the nodes
+/// already in the tape, must stay under 4 GiB; [`tape_into`] refuses a longer one (Kafka's
+/// records are under 2 GiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
     /// The value's text: `text[start..end]`.
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
     /// The raw key (quotes included) of an object member; empty for other values.
-    pub key_start: usize,
-    pub key_end: usize,
+    key_start: u32,
+    key_end: u32,
     /// The index of the node after this value and all its descendants.
-    pub next: usize,
+    next: u32,
     /// The value is a string that holds escapes.
     pub escaped: bool,
     /// The key holds escapes.
@@ -27,18 +32,33 @@ pub struct Node {
 
 impl Node {
     pub fn text<'t>(&self, text: &'t str) -> &'t str {
-        &text[self.start..self.end]
+        &text[self.start as usize..self.end as usize]
     }
 
     pub fn key<'t>(&self, text: &'t str) -> &'t str {
-        &text[self.key_start..self.key_end]
+        &text[self.key_start as usize..self.key_end as usize]
     }
+
+    /// The index of the node after this value and all its descendants.
+    pub fn next(&self) -> usize {
+        self.next as usize
+    }
+}
+
+/// A position or an index in a tape: [`tape_into`] has checked that they all fit.
+fn at(i: usize) -> u32 {
+    u32::try_from(i).expect("tape_into checked the text's length")
 }
 
 /// Appends the nodes of the one value in `text` to `out` (the root first); `stack` is scratch
 /// space, left as it was found. `None` when the text is not one value (then `out` may hold some
-/// nodes: the caller truncates it).
+/// nodes: the caller truncates it), and when the text with the nodes already in `out` reaches
+/// 4 GiB.
 pub fn tape_into(text: &str, out: &mut Vec<Node>, stack: &mut Vec<usize>) -> Option<()> {
+    // A value is at least one byte: `out` ends up with at most `text.len()` more nodes.
+    if out.len().checked_add(text.len())? >= u32::MAX as usize {
+        return None;
+    }
     let mut p = Parser {
         s: text,
         b: text.as_bytes(),
@@ -60,10 +80,10 @@ impl Parser<'_> {
             let start = self.i;
             let open = *self.b.get(self.i)?;
             out.push(Node {
-                start,
-                end: start,
-                key_start,
-                key_end,
+                start: at(start),
+                end: at(start),
+                key_start: at(key_start),
+                key_end: at(key_end),
                 next: 0,
                 escaped: false,
                 key_escaped,
@@ -96,8 +116,8 @@ impl Parser<'_> {
                 }
             }
             let node = out.len() - 1;
-            out[node].end = self.i;
-            out[node].next = out.len();
+            out[node].end = at(self.i);
+            out[node].next = at(out.len());
             // A value ended: so may the containers around it.
             loop {
                 if stack.len() == base {
@@ -108,22 +128,22 @@ impl Parser<'_> {
                 match self.b.get(self.i)? {
                     b',' => {
                         self.i += 1;
-                        (key_start, key_end, key_escaped) = if self.b[out[container].start] == b'{'
-                        {
-                            self.key()?
-                        } else {
-                            (0, 0, false)
-                        };
+                        (key_start, key_end, key_escaped) =
+                            if self.b[out[container].start as usize] == b'{' {
+                                self.key()?
+                            } else {
+                                (0, 0, false)
+                            };
                         break;
                     }
                     &close @ (b']' | b'}') => {
-                        if (close == b'}') != (self.b[out[container].start] == b'{') {
+                        if (close == b'}') != (self.b[out[container].start as usize] == b'{') {
                             return None;
                         }
                         self.i += 1;
                         stack.pop();
-                        out[container].end = self.i;
-                        out[container].next = out.len();
+                        out[container].end = at(self.i);
+                        out[container].next = at(out.len());
                     }
                     _ => return None,
                 }
@@ -158,7 +178,7 @@ mod tests {
         assert!(stack.is_empty());
         Some(
             out.iter()
-                .map(|n| (n.text(text), n.key(text), n.next))
+                .map(|n| (n.text(text), n.key(text), n.next()))
                 .collect(),
         )
     }
