@@ -563,6 +563,7 @@ impl<'a> Parser<'a> {
     }
 
     /// From inside a string, moves to its closing quote; tells whether it saw an escape.
+    #[inline(always)]
     fn skip_to_closing_quote(&mut self) -> Option<bool> {
         let mut escaped = false;
         loop {

@@ -46,8 +46,13 @@ impl Node {
 }
 
 /// A position or an index in a tape: [`tape_into`] has checked that they all fit.
+#[inline(always)]
 fn at(i: usize) -> u32 {
-    u32::try_from(i).expect("tape_into checked the text's length")
+    debug_assert!(
+        u32::try_from(i).is_ok(),
+        "tape_into checks the text's length"
+    );
+    i as u32
 }
 
 /// Appends the nodes of the one value in `text` to `out` (the root first); `stack` is scratch
