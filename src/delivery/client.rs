@@ -289,17 +289,19 @@ impl Deliverer {
             tracing::warn!(organization_id = %endpoint.organization_id, error = %e, "endpoint URL refused");
             return AttemptOutcome::Failed(e.attempt_error());
         }
-        let (Ok(custom), Some(_)) = (&endpoint.headers, &endpoint.destination) else {
+        let (Ok(custom), Some(destination)) = (&endpoint.headers, &endpoint.destination) else {
             return AttemptOutcome::Failed(AttemptError::Request);
         };
         let Some(tokens) = &endpoint.token_source else {
-            return self.post(endpoint, custom, event, None).await;
+            return self.post(endpoint, destination, custom, event, None).await;
         };
         let token = match self.token(endpoint, tokens).await {
             Ok(token) => token,
             Err(failed) => return failed,
         };
-        let first = self.post(endpoint, custom, event, Some(&token)).await;
+        let first = self
+            .post(endpoint, destination, custom, event, Some(&token))
+            .await;
         if first.status() != Some(401) {
             return first;
         }
@@ -315,7 +317,8 @@ impl Deliverer {
             Ok(token) => token,
             Err(failed) => return failed,
         };
-        self.post(endpoint, custom, event, Some(&token)).await
+        self.post(endpoint, destination, custom, event, Some(&token))
+            .await
     }
 
     async fn token(
@@ -333,13 +336,11 @@ impl Deliverer {
     async fn post(
         &self,
         endpoint: &Endpoint,
+        destination: &Destination,
         custom: &HeaderMap,
         event: &WebhookEvent,
         token: Option<&AccessToken>,
     ) -> AttemptOutcome {
-        let Some(destination) = &endpoint.destination else {
-            return AttemptOutcome::Failed(AttemptError::Request);
-        };
         let headers = match self.headers(endpoint, destination, custom, event, token) {
             Ok(headers) => headers,
             Err(failed) => return AttemptOutcome::Failed(failed),
@@ -354,7 +355,7 @@ impl Deliverer {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 let failed = http::classify(&e);
-                tracing::debug!(organization_id = %endpoint.organization_id, error = %http::describe(&e), "request failed");
+                tracing::debug!(organization_id = %endpoint.organization_id, error = %redact::chain(&e), "request failed");
                 return AttemptOutcome::Failed(failed);
             }
             Err(_elapsed) => return AttemptOutcome::Failed(AttemptError::Timeout),
@@ -394,13 +395,7 @@ impl Deliverer {
         token: Option<&AccessToken>,
     ) -> Result<HeaderMap, AttemptError> {
         let timestamp = Utc::now().timestamp();
-        // Sized once for ours too, rather than grown as they are inserted.
-        let mut headers = HeaderMap::with_capacity(custom.len() + 8);
-        headers.extend(
-            custom
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone())),
-        );
+        let mut headers = custom.clone();
         headers.insert(HOST, destination.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());

@@ -17,7 +17,6 @@
 //! exchange even with redirects off, about a fifth of a delivery's instructions
 //! (docs/performance.md). The OAuth token requests, rare and cached, stay on reqwest.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -99,11 +98,6 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> AttemptError {
         };
     }
     AttemptError::Request
-}
-
-/// The error and its causes, for a log line (see [`super::redact::chain`]).
-pub fn describe(err: &hyper_util::client::legacy::Error) -> String {
-    super::redact::chain(err as &(dyn StdError + 'static))
 }
 
 /// The connector's resolver: the guard's lookup, addresses with the port left 0 (the

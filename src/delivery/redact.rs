@@ -1,6 +1,6 @@
 //! What of a URL or an error may reach a log line.
 //!
-//! Guarantee: [`url`], [`error`] and [`text`] never return user info (`user:password@`), a query
+//! Guarantee: [`url`], [`chain`] and [`text`] never return user info (`user:password@`), a query
 //! string or a fragment of any `http`/`https` URL they are given or find in an error's text:
 //! those are where API keys and signed tokens hide. Scheme, host, port and path stay, so that
 //! an operator can still tell which endpoint failed.
@@ -17,12 +17,6 @@ pub fn url(url: &Url) -> String {
     url.set_query(None);
     url.set_fragment(None);
     url.to_string()
-}
-
-/// A reqwest error for a log line: its message and causes, without the request URL (reqwest
-/// appends it, query string and all), and with any URL left in the causes redacted.
-pub fn error(err: reqwest::Error) -> String {
-    chain(&err.without_url())
 }
 
 /// An error and its causes, `: `-separated, with every URL in them redacted.
@@ -143,7 +137,8 @@ mod tests {
             err.to_string().contains("sig=abc123"),
             "reqwest's own text carries the query (the reason for this module): {err}"
         );
-        let shown = error(err);
+        // As the OAuth client's errors are shown (`TransportError`): without reqwest's URL.
+        let shown = chain(&err.without_url());
         assert_clean(&shown);
         assert!(shown.contains("error sending request"), "{shown}");
     }
