@@ -419,11 +419,10 @@ impl Ingest {
             // Not lower: 8 MB (with `fetch.max.bytes` 8 MB) cut the burst benchmark from ~22,000
             // to ~13,000 deliveries/s for 15 MB less RSS.
             ("queued.max.messages.kbytes", "16384"),
-            // Once that queue is full, librdkafka waits this long before it fetches again. Its
-            // default (1 s) is longer than the pipeline takes to empty 16 MB (about 0.6 s at full
-            // speed): the input then ran in waves, full and idle by turns, capping the burst
-            // benchmark at ~25,000 deliveries/s with the CPUs half idle.
-            ("fetch.queue.backoff.ms", "10"),
+            (
+                "fetch.queue.backoff.ms",
+                crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+            ),
             // Lag, committed offsets and broker liveness come from these statistics.
             ("statistics.interval.ms", "5000"),
         ];
@@ -458,7 +457,8 @@ impl Ingest {
         abandon: CancellationToken,
     ) {
         let mut last_commit = Instant::now();
-        let mut last_retry_poll: Option<Instant> = None;
+        // Idle at the start: the first turn polls the retry reader.
+        let mut last_retry_poll = Instant::now();
         let mut idle = true;
         let mut stalled_since: Option<Instant> = None;
         while !stop.is_cancelled() {
@@ -469,11 +469,11 @@ impl Ingest {
                 self.retry.commit_done();
                 last_commit = Instant::now();
             }
-            if idle || last_retry_poll.is_none_or(|at| at.elapsed() >= RETRY_POLL_INTERVAL) {
+            if idle || last_retry_poll.elapsed() >= RETRY_POLL_INTERVAL {
                 if self.retry.poll(&work).is_err() {
                     break;
                 }
-                last_retry_poll = Some(Instant::now());
+                last_retry_poll = Instant::now();
             }
             if full {
                 idle = true;

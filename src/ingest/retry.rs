@@ -123,8 +123,10 @@ impl RetryReader {
         let defaults = [
             ("auto.offset.reset", "earliest"),
             ("queued.max.messages.kbytes", "16384"),
-            // As the input's: fetch again soon after the queue drains (librdkafka waits 1 s).
-            ("fetch.queue.backoff.ms", "10"),
+            (
+                "fetch.queue.backoff.ms",
+                crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+            ),
             ("statistics.interval.ms", "5000"),
         ];
         let context = RetryContext {

@@ -55,9 +55,11 @@ impl Fetcher {
             .set("queued.max.messages.kbytes", "2048")
             .set("max.partition.fetch.bytes", "262144")
             .set("fetch.max.bytes", "1048576")
-            // Past those thresholds librdkafka waits 1 s before fetching again: a run longer
-            // than the queue would stall that long.
-            .set("fetch.queue.backoff.ms", "10")
+            // Past those thresholds, a run longer than the queue would stall librdkafka's 1 s.
+            .set(
+                "fetch.queue.backoff.ms",
+                crate::kafka::FETCH_QUEUE_BACKOFF_MS,
+            )
             .create()?;
         let topic = kafka.retry_topic.clone();
         let (tx, rx) = std_mpsc::channel();
