@@ -35,8 +35,9 @@ pub const DEFAULT_VOLATILE_FIELDS: [&str; 3] = ["updated_at", "version", "last_s
 /// True when the JSON texts `before` and `after` differ only in the top-level `volatile`
 /// fields, under the comparison rules in the module docs. Text that is not JSON is never equal.
 pub fn effectively_equal(before: &str, after: &str, volatile: &[String]) -> bool {
-    rawjson::is_value(before)
-        && rawjson::is_value(after)
+    // Only to refuse what is not JSON: the comparison itself reads the texts on its tape.
+    rawjson::parse(before).is_some()
+        && rawjson::parse(after).is_some()
         && effectively_equal_validated(before, after, volatile)
 }
 

@@ -108,21 +108,6 @@ pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     (p.i == p.b.len()).then_some(out)
 }
 
-/// Whether [`parse`] would accept the text, found without building the tree: what it refuses,
-/// this refuses (nesting past [`MAX_DEPTH`] included), and nothing else.
-pub fn is_value(text: &str) -> bool {
-    let mut p = Parser {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-    };
-    if p.check(0).is_none() {
-        return false;
-    }
-    p.ws();
-    p.i == p.b.len()
-}
-
 /// Why [`check_structure`] refuses a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
@@ -655,57 +640,6 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => self.number().map(Val::Num),
-        }
-    }
-
-    /// What [`Parser::value`] accepts, step for step, without building the value.
-    fn check(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.ws();
-        match *self.b.get(self.i)? {
-            b'n' => self.literal("null"),
-            b't' => self.literal("true"),
-            b'f' => self.literal("false"),
-            b'"' => self.string().map(drop),
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.eat(b']') {
-                    return Some(());
-                }
-                loop {
-                    self.check(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.eat(b']').then_some(());
-                }
-            }
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.eat(b'}') {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.string()?;
-                    self.ws();
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    self.check(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.eat(b'}').then_some(());
-                }
-            }
-            _ => self.number().map(drop),
         }
     }
 
