@@ -28,13 +28,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Method, Request, Uri};
+use ::http::{Method, Request};
 use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT,
 };
-use reqwest::Url;
 use tokio::time::Instant;
 
 use crate::config::{DeliverySettings, OrganizationSettings};
@@ -42,7 +41,7 @@ use crate::webhook::WebhookEvent;
 
 use super::attempt::{parse_retry_after, Attempt, AttemptError, AttemptOutcome};
 use super::guard::{GuardedResolver, UrlPolicy};
-use super::http::{self, HttpClient, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
+use super::http::{self, Destination, HttpClient, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use super::oauth::{AccessToken, TokenSource};
 use super::redact;
 /// An OAuth attempt makes at most four exchanges: token, POST, and after a 401 token, POST.
@@ -108,7 +107,6 @@ impl fmt::Debug for Deliverer {
 pub struct Endpoint {
     pub organization_id: String,
     pub settings: Arc<OrganizationSettings>,
-    client: HttpClient,
     /// `None`: the URL is not a valid request target, and every attempt fails as `request`.
     destination: Option<Destination>,
     policy: UrlPolicy,
@@ -136,33 +134,6 @@ impl fmt::Debug for Endpoint {
 }
 
 /// The client of OAuth token requests: the same guard, timeouts and pool rules as webhooks.
-/// Where an endpoint's requests go, worked out once rather than on every request: the URL as a
-/// request target, and its `host` header (the host, and the port when it is not the scheme's
-/// default: what hyper would otherwise format for every HTTP/1 request).
-#[derive(Clone)]
-struct Destination {
-    uri: Uri,
-    host: HeaderValue,
-}
-
-impl Destination {
-    fn of(url: &Url) -> Option<Self> {
-        let uri: Uri = url.as_str().parse().ok()?;
-        let name = uri.host()?;
-        let default_port = if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        };
-        let host = match uri.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(&format!("{name}:{port}")),
-            _ => HeaderValue::from_str(name),
-        }
-        .ok()?;
-        Some(Destination { uri, host })
-    }
-}
-
 fn build_token_client(
     settings: &DeliverySettings,
     resolver: GuardedResolver,
@@ -220,7 +191,7 @@ impl Deliverer {
         let token_source = settings.oauth.as_ref().map(|oauth| {
             Arc::new(TokenSource::new(oauth, clients.tokens.clone()).with_url_policy(policy))
         });
-        let destination = Destination::of(&settings.url);
+        let destination = Destination::of(settings.url.as_str(), &clients.webhooks);
         if destination.is_none() {
             tracing::error!(organization_id, url = %redact::url(&settings.url), "endpoint URL is not a valid request target: every attempt will fail");
         }
@@ -243,7 +214,6 @@ impl Deliverer {
         Endpoint {
             organization_id: organization_id.to_owned(),
             settings,
-            client: clients.webhooks.clone(),
             destination,
             policy,
             headers: invalid.map_or(Ok(headers), Err),
@@ -347,12 +317,11 @@ impl Deliverer {
         };
         let mut request = Request::new(Full::new(event.body.clone()));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = destination.uri.clone();
         *request.headers_mut() = headers;
         let deadline = Instant::now() + self.request_timeout;
-        let sent = tokio::time::timeout_at(deadline, endpoint.client.request(request)).await;
-        let response = match sent {
-            Ok(Ok(response)) => response,
+        let sent = tokio::time::timeout_at(deadline, destination.send(request)).await;
+        let (response, lease) = match sent {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 let failed = http::classify(&e);
                 tracing::debug!(organization_id = %endpoint.organization_id, error = %redact::chain(&e), "request failed");
@@ -371,7 +340,11 @@ impl Deliverer {
         while read < self.max_response_body_bytes {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |data| data.len()),
-                Ok(None) => break,
+                Ok(None) => {
+                    // Read to its end: the connection can carry the next request.
+                    destination.release(lease);
+                    break;
+                }
                 Ok(Some(Err(e))) => {
                     tracing::debug!(organization_id = %endpoint.organization_id, code, error = %redact::chain(&e), "response body not read");
                     break;

@@ -259,7 +259,9 @@ impl TokenSource {
             _ => {}
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch().await {
+        // Boxed: a token request is a large future, and every attempt would carry its space
+        // while almost all are served from the cache.
+        match Box::pin(self.fetch()).await {
             Ok(fresh) => {
                 let token = fresh.token.clone();
                 *cached = CacheState::Token(fresh);
