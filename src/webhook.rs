@@ -99,17 +99,39 @@ const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c0f_5a3e_9b1d_4c2e_8f47_1e2d
 
 /// The event id of a change: UUIDv5 over the organization id and the change id, each
 /// length-prefixed so that no two (organization, change) pairs share a name.
+///
+/// The SHA-1 is RustCrypto's, which uses the CPU's SHA instructions where there are some: the
+/// `uuid` crate's own, portable one cost a third of deriving an event. The result is the same
+/// UUIDv5 (a test holds it to `uuid`'s and to ids computed elsewhere).
 pub fn event_id(organization_id: &str, change_id: &str) -> String {
-    let mut name = Vec::with_capacity(organization_id.len() + change_id.len() + 24);
-    name.extend_from_slice(organization_id.len().to_string().as_bytes());
-    name.push(b':');
-    name.extend_from_slice(organization_id.as_bytes());
-    name.extend_from_slice(change_id.len().to_string().as_bytes());
-    name.push(b':');
-    name.extend_from_slice(change_id.as_bytes());
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+    use sha1::{Digest, Sha1};
+
+    let mut sha1 = Sha1::new();
+    sha1.update(EVENT_ID_NAMESPACE.as_bytes());
+    for part in [organization_id, change_id] {
+        let mut prefix = [b':'; 21];
+        let mut at = prefix.len() - 1;
+        let mut len = part.len();
+        loop {
+            at -= 1;
+            prefix[at] = b'0' + (len % 10) as u8;
+            len /= 10;
+            if len == 0 {
+                break;
+            }
+        }
+        sha1.update(&prefix[at..]);
+        sha1.update(part.as_bytes());
+    }
+    let digest = sha1.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Builder::from_sha1_bytes(bytes)
+        .into_uuid()
         .hyphenated()
-        .to_string()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 /// A Standard Webhooks signing secret (`whsec_` + base64 key, or bare base64).
@@ -198,6 +220,30 @@ mod tests {
         // Length prefixes keep the boundary: ("ab", "c") is not ("a", "bc").
         assert_ne!(event_id("ab", "c"), event_id("a", "bc"));
         assert_eq!(event_id("acme", "c1").len(), 36);
+    }
+
+    #[test]
+    fn event_id_is_the_uuid_v5_of_the_length_prefixed_name() {
+        // Computed with Python's uuid.uuid5 over the same namespace and names.
+        assert_eq!(
+            event_id("acme", "c1"),
+            "827dd5f4-a8c9-5f3a-b739-690e9cb38e17"
+        );
+        assert_eq!(
+            event_id("org-07", "0d6f7f0e-3c1b-4c9a-9f1e-2a7b8c9d0e1f"),
+            "e7ab7ccd-6970-5d0b-b5b4-3a2640a7beaf"
+        );
+        for (organization, change) in [("", ""), ("é", "ü"), ("a", &"x".repeat(1000))] {
+            let name = format!(
+                "{}:{organization}{}:{change}",
+                organization.len(),
+                change.len()
+            );
+            assert_eq!(
+                event_id(organization, change),
+                Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
+            );
+        }
     }
 
     #[test]
