@@ -226,12 +226,15 @@ impl Deliverer {
         let at = Utc::now();
         let started = Instant::now();
         let mut reauthorized = false;
-        let outcome = tokio::time::timeout(
-            self.max_attempt_duration(),
-            self.exchange(endpoint, event, &mut reauthorized),
-        )
-        .await
-        .unwrap_or(AttemptOutcome::Failed(AttemptError::Timeout));
+        let exchange = self.exchange(endpoint, event, &mut reauthorized);
+        let outcome = if endpoint.token_source.is_some() {
+            tokio::time::timeout(self.max_attempt_duration(), exchange)
+                .await
+                .unwrap_or(AttemptOutcome::Failed(AttemptError::Timeout))
+        } else {
+            // A single request, already bounded by its own deadline: no second timer.
+            exchange.await
+        };
         let duration = started.elapsed();
         tracing::debug!(
             organization_id = %endpoint.organization_id,
