@@ -115,23 +115,31 @@ pub fn build(
 }
 
 impl HttpClient {
-    /// The pool of `uri`'s scheme and authority, shared with every other endpoint of that host.
-    fn pool(&self, scheme: Scheme, authority: Authority, uri: &Uri) -> Arc<HostPool> {
+    /// The pool of a scheme and authority, shared by every endpoint of that host (`None` if
+    /// they make no URL).
+    fn pool(&self, scheme: Scheme, authority: Authority) -> Option<Arc<HostPool>> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let key = (scheme, authority);
         if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
-            return pool;
+            return Some(pool);
         }
         pools.retain(|_, pool| pool.strong_count() > 0);
+        // The host alone, never an endpoint's path or query (where API keys may hide).
+        let uri = Uri::builder()
+            .scheme(key.0.clone())
+            .authority(key.1.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
         let pool = Arc::new(HostPool {
             connector: self.connector.clone(),
-            uri: uri.clone(),
+            uri,
             max_idle: self.max_idle_per_host,
             idle: Mutex::default(),
             reaper_started: AtomicBool::new(false),
         });
         pools.insert(key, Arc::downgrade(&pool));
-        pool
+        Some(pool)
     }
 }
 
@@ -163,7 +171,7 @@ impl Destination {
             Some(target) => Uri::from(target.clone()),
             None => Uri::from_static("/"),
         };
-        let pool = client.pool(scheme, authority, &uri);
+        let pool = client.pool(scheme, authority)?;
         Some(Destination {
             uri,
             origin_form,
@@ -231,7 +239,7 @@ enum Conn {
 /// The connections of one scheme and authority.
 struct HostPool {
     connector: Connector,
-    /// Any URL of the host: what the connector connects to.
+    /// The host's root URL (scheme and authority): what the connector connects to.
     uri: Uri,
     max_idle: usize,
     idle: Mutex<Idle>,
