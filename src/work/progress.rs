@@ -2,8 +2,11 @@
 //!
 //! Guarantee: completions from any task are seen by the consumer thread's waits at once (a
 //! condition variable, no polling), so a revoke or a shutdown drain ends as soon as its work is
-//! done, and never later than its deadline.
+//! done, and never later than its deadline. A completion wakes only when someone waits: a
+//! notification costs a system call (a futex wake) even when nobody waits, and completions
+//! happen once per record.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,8 @@ use super::offsets::{OffsetTracker, Ticket};
 pub struct Progress {
     tracker: Mutex<OffsetTracker>,
     changed: Condvar,
+    /// Threads in [`Progress::wait_until`]; changed and read only with `tracker` held.
+    waiters: AtomicUsize,
 }
 
 impl Progress {
@@ -22,6 +27,7 @@ impl Progress {
         Progress {
             tracker: Mutex::new(OffsetTracker::new(abandon)),
             changed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -34,15 +40,28 @@ impl Progress {
 
     /// Marks the record done and wakes whoever waits on progress.
     pub fn complete(&self, ticket: &Ticket) {
-        if self.lock().complete(ticket) {
-            self.changed.notify_all();
+        let mut tracker = self.lock();
+        if tracker.complete(ticket) {
+            self.notify(tracker);
         }
     }
 
     /// The record's work let go of it while its partition leaves (see
     /// [`OffsetTracker::release`]); wakes whoever waits on progress.
     pub fn release(&self, ticket: &Ticket) {
-        if self.lock().release(ticket) {
+        let mut tracker = self.lock();
+        if tracker.release(ticket) {
+            self.notify(tracker);
+        }
+    }
+
+    /// Wakes the waiters, if any. `tracker` is held while they are counted: a waiter counts
+    /// itself before it releases the lock to wait, so it is either counted here or sees the
+    /// change before it waits.
+    fn notify(&self, tracker: MutexGuard<'_, OffsetTracker>) {
+        let waiting = self.waiters.load(Ordering::Relaxed) > 0;
+        drop(tracker);
+        if waiting {
             self.changed.notify_all();
         }
     }
@@ -59,11 +78,13 @@ impl Progress {
             if left.is_zero() {
                 return false;
             }
+            self.waiters.fetch_add(1, Ordering::Relaxed);
             tracker = self
                 .changed
                 .wait_timeout(tracker, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            self.waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
