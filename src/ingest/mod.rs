@@ -54,6 +54,10 @@ use crate::work::{Progress, Work};
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Under back-pressure, input is taken again once this fraction of `max_pending_records`
+/// (at least one) is done.
+const ROOM_BATCH_DIVISOR: usize = 16;
+
 /// How long the loop stops taking input records over `max_pending_records` before it pauses the
 /// partitions. Pausing makes librdkafka drop what it prefetched, and resuming fetches it again:
 /// done every few thousand records, that costs most of the throughput (a 200,000-record burst
@@ -477,10 +481,13 @@ impl Ingest {
             }
             if full {
                 idle = true;
-                // Take no input until a record is done (or the stall turns into a pause).
+                // Take no input until a batch of records is done (or the stall turns into a
+                // pause): one wake-up per batch, not per record, and the records then taken
+                // reach the dispatcher together.
                 let max = self.max_pending;
+                let batch = (max / ROOM_BATCH_DIVISOR).max(1);
                 self.progress
-                    .wait_until(POLL_INTERVAL, |t| t.pending() < max);
+                    .wait_batched(POLL_INTERVAL, batch, |t| t.pending() + batch <= max);
                 continue;
             }
             let polled = self.consumer.poll(POLL_INTERVAL);

@@ -30,6 +30,26 @@ pub struct Ticket {
     pub leave: CancellationToken,
 }
 
+impl Ticket {
+    /// What the tracker needs to settle this ticket, without its tokens: cheap to send to the
+    /// consumer thread.
+    pub fn id(&self) -> TicketId {
+        TicketId {
+            partition: self.partition,
+            offset: self.offset,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// A ticket as its tracker knows it: partition, offset and the assignment it was taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TicketId {
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+}
+
 #[derive(Debug)]
 struct PartitionState {
     epoch: u64,
@@ -141,6 +161,11 @@ impl OffsetTracker {
 
     /// The record is done. Returns whether it counted (false for a stale ticket).
     pub fn complete(&mut self, ticket: &Ticket) -> bool {
+        self.complete_id(ticket.id())
+    }
+
+    /// [`OffsetTracker::complete`], by the ticket's id.
+    pub fn complete_id(&mut self, ticket: TicketId) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
             Some(state) if state.epoch == ticket.epoch => {
                 state.released.remove(&ticket.offset);
@@ -154,6 +179,11 @@ impl OffsetTracker {
     /// stays below it, the next owner reads it again), but no longer waited for. Returns
     /// whether it counted.
     pub fn release(&mut self, ticket: &Ticket) -> bool {
+        self.release_id(ticket.id())
+    }
+
+    /// [`OffsetTracker::release`], by the ticket's id.
+    pub fn release_id(&mut self, ticket: TicketId) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
             Some(state)
                 if state.epoch == ticket.epoch && state.pending.contains(&ticket.offset) =>
