@@ -49,7 +49,7 @@ use crate::derive::{derive, Derived, Rules};
 use crate::park::marker::WatermarkMarker;
 use crate::telemetry::Metrics;
 use crate::webhook::EventType;
-use crate::work::{Progress, Work};
+use crate::work::{hand_over, Progress, Work};
 
 /// Longest wait in one poll, so that commits and back-pressure are looked at regularly.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -497,7 +497,7 @@ impl Ingest {
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 Some(Ok(message)) => {
                     if let Some(item) = self.take(&message) {
-                        if work.blocking_send(item).is_err() {
+                        if hand_over(&work, item).is_err() {
                             break;
                         }
                     }

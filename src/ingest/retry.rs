@@ -32,7 +32,7 @@ use crate::park::keys::ParkedKeys;
 use crate::park::marker::{WatermarkMarker, MARKER_HEADER, MARKER_KEY, WATERMARK};
 use crate::park::{Parked, Parking, RecordKind};
 use crate::telemetry::Metrics;
-use crate::work::{Progress, Work};
+use crate::work::{hand_over, DispatcherGone, Progress, Work};
 
 /// Longest a scan of the retry partitions may take at assignment before delivery goes on with
 /// what it read (logged as an error: order per key may then break for the keys not seen).
@@ -64,10 +64,6 @@ fn is_marker(message: &impl Message) -> bool {
             .any(|h| h.key == MARKER_HEADER && h.value == Some(WATERMARK.as_bytes()))
     })
 }
-
-/// The dispatcher closed its channel: the process is stopping.
-#[derive(Debug)]
-pub struct DispatcherGone;
 
 pub struct RetryContext {
     topic: String,
@@ -440,7 +436,7 @@ impl RetryReader {
                 Some(Err(error)) => warn!(%error, "retry reader error"),
                 Some(Ok(message)) => {
                     if let Some(item) = self.take(&message) {
-                        work.blocking_send(item).map_err(|_| DispatcherGone)?;
+                        hand_over(work, item)?;
                     }
                 }
             }

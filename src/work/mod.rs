@@ -8,6 +8,8 @@ mod progress;
 pub use offsets::{OffsetTracker, Ticket};
 pub use progress::Progress;
 
+use tokio::sync::mpsc;
+
 use crate::change::Rejection;
 use crate::deadletter::{InputRecord, SourceRef};
 use crate::park::{Parked, ParkedHead};
@@ -39,4 +41,21 @@ pub enum Work {
         /// read again then, so that waiting events cost memory for their headers only.
         parked: Option<Box<Parked>>,
     },
+}
+
+/// The dispatcher is gone (shutdown): stop reading.
+#[derive(Debug)]
+pub struct DispatcherGone;
+
+/// Hands `item` to the dispatcher from the consumer thread, waiting while the channel is full.
+/// Tries without waiting first: `blocking_send` enters a blocking region and a `block_on` for
+/// every item, which cost about as much as the send itself.
+pub fn hand_over(work: &mpsc::Sender<Work>, item: Work) -> Result<(), DispatcherGone> {
+    match work.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            work.blocking_send(item).map_err(|_| DispatcherGone)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(DispatcherGone),
+    }
 }
