@@ -195,6 +195,19 @@ mod tests {
         (progress, tickets)
     }
 
+    /// Completes every ticket, one after the other, from a thread of its own.
+    fn complete_elsewhere(
+        progress: &Arc<Progress>,
+        tickets: Vec<Ticket>,
+    ) -> thread::JoinHandle<()> {
+        let progress = progress.clone();
+        thread::spawn(move || {
+            for ticket in &tickets {
+                progress.complete(ticket);
+            }
+        })
+    }
+
     #[test]
     fn a_completion_is_seen_by_the_next_lock() {
         let (progress, tickets) = progress(3);
@@ -211,14 +224,7 @@ mod tests {
         // Many rounds, each racing the completer against the waiter's going to sleep.
         for _ in 0..500 {
             let (progress, tickets) = progress(2);
-            let completer = {
-                let progress = progress.clone();
-                thread::spawn(move || {
-                    for ticket in &tickets {
-                        progress.complete(ticket);
-                    }
-                })
-            };
+            let completer = complete_elsewhere(&progress, tickets);
             let start = Instant::now();
             let held = progress.wait_until(Duration::from_secs(10), |t| t.busy() == 0);
             completer.join().unwrap();
@@ -233,14 +239,7 @@ mod tests {
     #[test]
     fn a_batched_wait_ends_once_its_condition_holds() {
         let (progress, tickets) = progress(100);
-        let completer = {
-            let progress = progress.clone();
-            thread::spawn(move || {
-                for ticket in &tickets {
-                    progress.complete(ticket);
-                }
-            })
-        };
+        let completer = complete_elsewhere(&progress, tickets);
         let held = progress.wait_batched(Duration::from_secs(60), 16, |t| t.pending() <= 20);
         assert!(held);
         completer.join().unwrap();
