@@ -15,8 +15,8 @@
 //!   that commit (it does during cooperative rebalances), a watermark marker on the retry
 //!   partition tells the next owner where to start ([`crate::park::marker`]).
 //! - Bounded: when `max_pending_records` records are taken and not done, no more are taken
-//!   until one is done; if that lasts [`STALL`], every partition is paused, and they resume
-//!   below half of it.
+//!   until a sixteenth of them are done; if that lasts [`STALL`], every partition is paused,
+//!   and they resume below half of it.
 //! - Shutdown: stop polling, park what waits, wait up to `drain_timeout` for in-flight work,
 //!   cancel what is left, commit what is done, leave the group.
 //!

@@ -2,7 +2,7 @@
 //! below which everything is.
 //!
 //! Guarantee: [`OffsetTracker::watermark`] never passes a record that is not done. A record is
-//! done when [`OffsetTracker::complete`] was called with its [`Ticket`]: the dispatcher calls it
+//! done when [`OffsetTracker::complete`] was called with its [`Ticket`]'s id: the dispatcher calls it
 //! only once the webhook was delivered, or its dead-letter write acknowledged, or the record
 //! yielded nothing, or its rejected-topic write was acknowledged. Tickets from an earlier
 //! assignment of a partition (before a revoke) are ignored, so a late completion can never move
@@ -43,7 +43,7 @@ impl Ticket {
 }
 
 /// A ticket as its tracker knows it: partition, offset and the assignment it was taken in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct TicketId {
     partition: i32,
     offset: i64,
@@ -160,12 +160,7 @@ impl OffsetTracker {
     }
 
     /// The record is done. Returns whether it counted (false for a stale ticket).
-    pub fn complete(&mut self, ticket: &Ticket) -> bool {
-        self.complete_id(ticket.id())
-    }
-
-    /// [`OffsetTracker::complete`], by the ticket's id.
-    pub fn complete_id(&mut self, ticket: TicketId) -> bool {
+    pub fn complete(&mut self, ticket: TicketId) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
             Some(state) if state.epoch == ticket.epoch => {
                 state.released.remove(&ticket.offset);
@@ -178,12 +173,7 @@ impl OffsetTracker {
     /// The record's work let go of it while its partition leaves: not done (the watermark
     /// stays below it, the next owner reads it again), but no longer waited for. Returns
     /// whether it counted.
-    pub fn release(&mut self, ticket: &Ticket) -> bool {
-        self.release_id(ticket.id())
-    }
-
-    /// [`OffsetTracker::release`], by the ticket's id.
-    pub fn release_id(&mut self, ticket: TicketId) -> bool {
+    pub fn release(&mut self, ticket: TicketId) -> bool {
         match self.partitions.get_mut(&ticket.partition) {
             Some(state)
                 if state.epoch == ticket.epoch && state.pending.contains(&ticket.offset) =>
@@ -280,13 +270,13 @@ mod tests {
         let mut t = tracker();
         let tickets: Vec<Ticket> = (10..15).map(|o| t.take(0, o).unwrap()).collect();
         assert_eq!(t.watermark(0), Some(10));
-        t.complete(&tickets[1]);
-        t.complete(&tickets[2]);
+        t.complete(tickets[1].id());
+        t.complete(tickets[2].id());
         assert_eq!(t.watermark(0), Some(10), "out-of-order completions wait");
-        t.complete(&tickets[0]);
+        t.complete(tickets[0].id());
         assert_eq!(t.watermark(0), Some(13));
-        t.complete(&tickets[4]);
-        t.complete(&tickets[3]);
+        t.complete(tickets[4].id());
+        t.complete(tickets[3].id());
         assert_eq!(t.watermark(0), Some(15), "all done: one past the last");
         assert_eq!(t.pending(), 0);
     }
@@ -298,7 +288,7 @@ mod tests {
         assert_eq!(t.advanced(), vec![(1, 0)]);
         t.committed(1, 0);
         assert_eq!(t.advanced(), vec![]);
-        t.complete(&a);
+        t.complete(a.id());
         assert_eq!(t.advanced(), vec![(1, 1)]);
     }
 
@@ -308,7 +298,7 @@ mod tests {
     fn a_failed_commit_is_retried_on_the_next_tick_of_a_quiet_partition() {
         let mut t = tracker();
         let a = t.take(0, 41).unwrap();
-        t.complete(&a);
+        t.complete(a.id());
         let first_tick = t.advanced();
         assert_eq!(first_tick, vec![(0, 42)]);
         // The commit failed: nothing is recorded; the partition stays quiet.
@@ -334,11 +324,11 @@ mod tests {
         t.assign([0]);
         let new = t.take(0, 5).unwrap();
         assert!(
-            !t.complete(&old),
+            !t.complete(old.id()),
             "a completion from the old assignment does not count"
         );
         assert_eq!(t.watermark(0), Some(5));
-        assert!(t.complete(&new));
+        assert!(t.complete(new.id()));
         assert_eq!(t.watermark(0), Some(6));
     }
 
@@ -358,10 +348,10 @@ mod tests {
         let mut t = tracker();
         let a = t.take(0, 10).unwrap();
         let b = t.take(0, 11).unwrap();
-        assert!(t.release(&a));
+        assert!(t.release(a.id()));
         assert_eq!(t.busy_in(0), 1, "only b is waited for");
         assert_eq!(t.pending_in(0), 2);
-        t.complete(&b);
+        t.complete(b.id());
         assert_eq!(t.busy(), 0);
         assert!(t.ticket(0, 10).is_some(), "a pending record's ticket");
         assert!(t.ticket(0, 99).is_none(), "none for a record not taken");
@@ -370,7 +360,7 @@ mod tests {
             Some(10),
             "a is not done: read again by the next owner"
         );
-        assert!(t.complete(&a));
+        assert!(t.complete(a.id()));
         assert_eq!(t.watermark(0), Some(12));
     }
 
@@ -383,6 +373,9 @@ mod tests {
         assert!(ticket.leave.is_cancelled(), "told to park what waits");
         assert!(!ticket.cancel.is_cancelled(), "in-flight work goes on");
         assert!(!other.leave.is_cancelled(), "other partitions stay");
-        assert!(t.complete(&ticket), "a completion after leave still counts");
+        assert!(
+            t.complete(ticket.id()),
+            "a completion after leave still counts"
+        );
     }
 }

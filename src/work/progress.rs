@@ -49,8 +49,8 @@ impl Inner {
     /// Stale tickets (an earlier assignment of the partition) count for nothing.
     fn settle(&mut self, settled: Settled) {
         match settled {
-            Settled::Complete(id) => self.tracker.complete_id(id),
-            Settled::Release(id) => self.tracker.release_id(id),
+            Settled::Complete(id) => self.tracker.complete(id),
+            Settled::Release(id) => self.tracker.release(id),
         };
     }
 }
@@ -171,7 +171,6 @@ impl Progress {
             }
             // An unpark that came before this returns at once (a token), so none is lost.
             thread::park_timeout(left);
-            self.need.store(0, Ordering::Relaxed);
             tracker.0.apply();
         };
         self.need.store(0, Ordering::Relaxed);
@@ -240,8 +239,13 @@ mod tests {
     fn a_batched_wait_ends_once_its_condition_holds() {
         let (progress, tickets) = progress(100);
         let completer = complete_elsewhere(&progress, tickets);
-        let held = progress.wait_batched(Duration::from_secs(60), 16, |t| t.pending() <= 20);
+        let start = Instant::now();
+        let held = progress.wait_batched(Duration::from_secs(10), 16, |t| t.pending() <= 20);
         assert!(held);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a wake-up was missed: the wait ran to its deadline"
+        );
         completer.join().unwrap();
         assert_eq!(progress.lock().pending(), 0);
     }
