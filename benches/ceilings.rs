@@ -10,7 +10,8 @@
 //! - (d) the service's CPU time per delivery (user + system from `/proc/<pid>/stat`, start-up
 //!   included) and its peak RSS (VmHWM);
 //! - (a) raw consume: a bare rdkafka consumer (no group, no processing) reading the same input
-//!   topic from its start; records/s;
+//!   topic from its start; records/s. It runs between the produce and (c), so that both read
+//!   from a broker that has just been written to and read once;
 //! - (b) raw POST: a bare pooled client (hyper's, the one the service posts with) sending the
 //!   bodies the receiver got in (c), to the same organizations' paths of a receiver of the same
 //!   kind, with the service's request concurrency (`max_in_flight_requests` = 256); requests/s;
@@ -48,8 +49,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 use common::{
-    admin, bootstrap, env_or, round, run_burst, run_sustained, start_receiver, Receiver, Sustained,
-    Topics, ORGS, PARTITIONS, USERS,
+    admin, bootstrap, deliver_burst, env_or, produce_burst, round, run_sustained, start_receiver,
+    Receiver, Sustained, Topics, ORGS, PARTITIONS, USERS,
 };
 
 /// The service's `max_in_flight_requests` in the benchmark's configuration.
@@ -85,11 +86,13 @@ async fn main() {
         println!("ceilings: trial {trial} of {trials_n}");
         let topics = Topics::new();
         topics.create(&admin).await;
-        // (c) and (d), keeping the bodies for (b).
-        let (pipeline, bodies) = run_burst(&bootstrap, &topics, n, true).await;
-        assert_eq!(bodies.len(), n, "every record delivered once in the burst");
-        // (a) over the same records.
+        let produced = produce_burst(&bootstrap, &topics, n).await;
+        // (a) first: the broker has written the records away and read them once before the
+        // pipeline reads them, as it had before (a) when (a) came after (c).
         let consume_per_s = raw_consume(&bootstrap, &topics.input, n);
+        // (c) and (d), keeping the bodies for (b).
+        let (pipeline, bodies) = deliver_burst(&bootstrap, &topics, produced, true).await;
+        assert_eq!(bodies.len(), n, "every record delivered once in the burst");
         topics.delete(&admin).await;
         // (b) with the same bodies.
         let (post_per_s, receiver_check) = raw_post(bodies).await;
@@ -208,7 +211,7 @@ struct Trial {
     post_per_s: f64,
     /// The rate the receiver saw in (b): with (b) itself, how it was checked not to be the limit.
     receiver_check: f64,
-    /// [`run_burst`]'s figures: (c) and (d).
+    /// [`deliver_burst`]'s figures: (c) and (d).
     pipeline: serde_json::Value,
 }
 

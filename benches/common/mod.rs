@@ -389,6 +389,19 @@ pub async fn run_burst(
     n: usize,
     keep_bodies: bool,
 ) -> (serde_json::Value, Vec<(u8, Bytes)>) {
+    let produced = produce_burst(bootstrap, topics, n).await;
+    deliver_burst(bootstrap, topics, produced, keep_bodies).await
+}
+
+/// What [`produce_burst`] wrote, for [`deliver_burst`].
+pub struct Produced {
+    n: usize,
+    record_bytes: usize,
+    seconds: f64,
+}
+
+/// Writes `n` records to the input topic, all acknowledged.
+pub async fn produce_burst(bootstrap: &str, topics: &Topics, n: usize) -> Produced {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -417,7 +430,25 @@ pub async fn run_burst(
     let produce_s = start.elapsed().as_secs_f64();
     let record_bytes = record(0, USERS, occurred_at).1.len();
     println!("pipeline: produced {n} records (~{record_bytes} bytes each) in {produce_s:.1} s");
+    Produced {
+        n,
+        record_bytes,
+        seconds: produce_s,
+    }
+}
 
+/// Starts the service on the records [`produce_burst`] wrote and waits for every delivery.
+pub async fn deliver_burst(
+    bootstrap: &str,
+    topics: &Topics,
+    produced: Produced,
+    keep_bodies: bool,
+) -> (serde_json::Value, Vec<(u8, Bytes)>) {
+    let Produced {
+        n,
+        record_bytes,
+        seconds: produce_s,
+    } = produced;
     let receiver = Receiver::new(0, 0, keep_bodies.then_some(n));
     let addr = start_receiver(receiver.clone()).await;
 
