@@ -15,16 +15,16 @@ use secrecy::ExposeSecret;
 
 use crate::config::KafkaSettings;
 
+/// `fetch.queue.backoff.ms` for our consumers. Once a consumer's queue passes its thresholds,
+/// librdkafka waits this long before fetching again. Its default (1 s) is longer than the
+/// pipeline took to empty the input's queue (16 MB then, about 0.6 s at full speed): the input
+/// then ran in waves, full and idle by turns, capping the burst benchmark at ~25,000
+/// deliveries/s with the CPUs half idle.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// A client config with the brokers, then `defaults` (tuning the operator may override), then
 /// every pass-through property. Settings the service's guarantees depend on are set by the
 /// caller afterwards, so they cannot be overridden.
-/// `fetch.queue.backoff.ms` for our consumers. Once a consumer's queue passes its thresholds,
-/// librdkafka waits this long before fetching again. Its default (1 s) is longer than the
-/// pipeline takes to empty a 16 MB queue (about 0.6 s at full speed): the input then ran in
-/// waves, full and idle by turns, capping the burst benchmark at ~25,000 deliveries/s with the
-/// CPUs half idle.
-pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
-
 pub fn client_config(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);

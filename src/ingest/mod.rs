@@ -420,9 +420,10 @@ impl Ingest {
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("auto.offset.reset", "earliest"),
             // Pre-fetched bytes held by librdkafka; its default (64 MB) dwarfs our own buffers.
-            // Not lower: 8 MB (with `fetch.max.bytes` 8 MB) cut the burst benchmark from ~22,000
-            // to ~13,000 deliveries/s for 15 MB less RSS.
-            ("queued.max.messages.kbytes", "16384"),
+            // 8 MB is ~0.1 s of input at full speed, and fetching again takes a round trip:
+            // measured 2026-12-06 (burst benchmark, alternated), 16 MB → 8 MB cost no
+            // deliveries/s and 15 MB of peak RSS; 4 MB, 11 MB more, at the edge of a slowdown.
+            ("queued.max.messages.kbytes", "8192"),
             (
                 "fetch.queue.backoff.ms",
                 crate::kafka::FETCH_QUEUE_BACKOFF_MS,
