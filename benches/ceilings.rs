@@ -13,7 +13,8 @@
 //!   topic from its start; records/s. It runs between the produce and (c), so that both read
 //!   from a broker that has just been written to and read once;
 //! - (b) raw POST: a bare pooled client (hyper's, the one the service posts with) sending the
-//!   bodies the receiver got in (c), to the same organizations' paths of a receiver of the same
+//!   bodies of the same records (derived by the pure core; the two receivers' digests prove
+//!   them the ones (c) delivered), to the same organizations' paths of a receiver of the same
 //!   kind, with the service's request concurrency (`max_in_flight_requests` = 256); requests/s;
 //! - (e) latency from each record's timestamp to its 2xx, p50/p99/max, at the fixed offered
 //!   loads of BENCH_LOADS (default `2000,10000` records/s), BENCH_SECONDS each (default 30,
@@ -48,9 +49,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
+use consent_webhooks::derive::{derive_record, Derived, Rules};
+
 use common::{
-    admin, bootstrap, deliver_burst, env_or, produce_burst, round, run_sustained, start_receiver,
-    Receiver, Sustained, Topics, ORGS, PARTITIONS, USERS,
+    admin, bootstrap, deliver_burst, env_or, produce_burst, record, round, run_sustained,
+    start_receiver, Receiver, Sustained, Topics, BURST_OCCURRED_AT, ORGS, PARTITIONS, USERS,
 };
 
 /// The service's `max_in_flight_requests` in the benchmark's configuration.
@@ -90,12 +93,16 @@ async fn main() {
         // (a) first: the broker has written the records away and read them once before the
         // pipeline reads them, as it had before (a) when (a) came after (c).
         let consume_per_s = raw_consume(&bootstrap, &topics.input, n);
-        // (c) and (d), keeping the bodies for (b).
-        let (pipeline, bodies) = deliver_burst(&bootstrap, &topics, produced, true).await;
-        assert_eq!(bodies.len(), n, "every record delivered once in the burst");
+        // (c) and (d).
+        let (pipeline, delivered) = deliver_burst(&bootstrap, &topics, produced, true).await;
         topics.delete(&admin).await;
-        // (b) with the same bodies.
-        let (post_per_s, receiver_check) = raw_post(bodies).await;
+        // (b) with the same bodies: what the pure core derives from the same records, checked
+        // against what (c) delivered.
+        let (post_per_s, receiver_check, posted) = raw_post(bodies(n)).await;
+        assert_eq!(
+            posted, delivered,
+            "(b) sent the bodies (c) delivered, each once (receivers' digests)"
+        );
         trials.push(Trial {
             consume_per_s,
             post_per_s,
@@ -308,10 +315,28 @@ fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
     per_s
 }
 
+/// The body of every record the burst wrote, with its organization's number: derived by the
+/// pure core, as the service derives them.
+fn bodies(n: usize) -> Vec<(u8, Bytes)> {
+    let rules = Rules::default();
+    (0..n)
+        .map(|i| {
+            let (_, record) = record(i, USERS, BURST_OCCURRED_AT);
+            match derive_record(record.as_bytes(), &rules) {
+                Ok(Derived::Webhook(event)) => {
+                    let org = event.organization_id.strip_prefix("org-").unwrap();
+                    (org.parse().unwrap(), event.body)
+                }
+                other => panic!("record {i} derives no webhook: {other:?}"),
+            }
+        })
+        .collect()
+}
+
 /// (b): a bare pooled client sends `bodies` to a fresh receiver, `CONCURRENCY` at a time;
-/// requests/s, and the rate the receiver itself saw.
-async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64) {
-    let receiver = Receiver::new(0, 0, None);
+/// requests/s, the rate the receiver itself saw, and its [`Receiver::digest`].
+async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64, Option<u64>) {
+    let receiver = Receiver::new(0, 0, true);
     let addr = start_receiver(receiver.clone()).await;
     // The client the service itself posts with (hyper's pooled one), bare: no guard, no TLS.
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -346,5 +371,6 @@ async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64) {
         "ceilings: raw POST sent {n} requests at {:.0}/s",
         n as f64 / elapsed
     );
-    (n as f64 / elapsed, receiver_per_s)
+    let digest = receiver.digest.as_ref().map(|d| d.load(Ordering::Relaxed));
+    (n as f64 / elapsed, receiver_per_s, digest)
 }

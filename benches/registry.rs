@@ -48,7 +48,7 @@ async fn main() {
         r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
     }
 
-    let receiver = Receiver::new(0, 0, None);
+    let receiver = Receiver::new(0, 0, false);
     let address = start_receiver(receiver.clone()).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
