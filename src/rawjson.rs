@@ -237,8 +237,9 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
     }
     // Sized for a record's usual members and an entity's, so that neither grows as it fills.
     let mut top = Vec::with_capacity(8);
-    // Bit `d` set: the open container at depth `d` is an object (MAX_DEPTH < 128).
-    let mut objects = 0u128;
+    // `objects[d]`: the open container at depth `d` is an object. A byte each, not a bit of a
+    // `u128`: a 128-bit shift and mask cost more than a load, and this is read at every value.
+    let mut objects = [false; MAX_DEPTH + 1];
     let mut depth = 0usize;
     // The member being read at depth 1 (the record's) and at depth 2 (an object value's).
     let (mut top_key, mut top_start) = ("", 0);
@@ -259,11 +260,7 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
                     return None;
                 }
                 let object = open == b'{';
-                if object {
-                    objects |= 1 << depth;
-                } else {
-                    objects &= !(1 << depth);
-                }
+                objects[depth] = object;
                 if depth == 2 && object {
                     inner = Some(Vec::with_capacity(16));
                 }
@@ -293,7 +290,7 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
                     value: &text[top_start..p.i],
                     members: inner.take(),
                 }),
-                2 if objects & (1 << 2) != 0 => {
+                2 if objects[2] => {
                     if let Some(inner) = &mut inner {
                         inner.push((std::mem::take(&mut key), &text[start..p.i]));
                     }
@@ -301,7 +298,7 @@ pub fn scan_record(text: &str) -> Option<Vec<TopMember<'_>>> {
                 _ => {}
             }
             p.ws();
-            let object = objects & (1 << depth) != 0;
+            let object = objects[depth];
             match p.b.get(p.i)? {
                 b',' => {
                     p.i += 1;
