@@ -10,8 +10,9 @@
 //! - (d) the service's CPU time per delivery (user + system from `/proc/<pid>/stat`, start-up
 //!   included) and its peak RSS (VmHWM);
 //! - (a) raw consume: a bare rdkafka consumer (no group, no processing) reading the same input
-//!   topic from its start; records/s. It runs between the produce and (c), so that both read
-//!   from a broker that has just been written to and read once;
+//!   topic from its start; records/s. It runs between the produce and (c): run after (c), it
+//!   read a broker done with the produce while (c) read one still busy with it. Now (c) has
+//!   the settled broker and (a), a ceiling, the less favourable moment;
 //! - (b) raw POST: a bare pooled client (hyper's, the one the service posts with) sending the
 //!   bodies of the same records (derived by the pure core; the two receivers' digests prove
 //!   them the ones (c) delivered), to the same organizations' paths of a receiver of the same
@@ -82,7 +83,7 @@ async fn main() {
     let bootstrap = bootstrap();
     let admin = admin(&bootstrap);
 
-    // (c), (d), (a) and (b), `trials` times: this machine's neighbours move any one run by up
+    // (a), (c), (d) and (b), `trials` times: this machine's neighbours move any one run by up
     // to a third, so each figure is the median of the trials, and every trial is printed.
     let mut trials = Vec::with_capacity(trials_n);
     for trial in 1..=trials_n {
@@ -90,8 +91,7 @@ async fn main() {
         let topics = Topics::new();
         topics.create(&admin).await;
         let produced = produce_burst(&bootstrap, &topics, n).await;
-        // (a) first: the broker has written the records away and read them once before the
-        // pipeline reads them, as it had before (a) when (a) came after (c).
+        // (a) first, so that (c) reads from a broker done with the produce (see the module docs).
         let consume_per_s = raw_consume(&bootstrap, &topics.input, n);
         // (c) and (d).
         let (pipeline, delivered) = deliver_burst(&bootstrap, &topics, produced, true).await;
@@ -212,7 +212,7 @@ async fn main() {
     println!("{figures}");
 }
 
-/// One pass of (c), (d), (a) and (b) over the same records.
+/// One pass of (a), (c), (d) and (b) over the same records.
 struct Trial {
     consume_per_s: f64,
     post_per_s: f64,
