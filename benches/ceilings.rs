@@ -53,8 +53,8 @@ use serde_json::json;
 use consent_webhooks::derive::{derive_record, Derived, Rules};
 
 use common::{
-    admin, bootstrap, deliver_burst, env_or, produce_burst, record, round, run_sustained,
-    start_receiver, Receiver, Sustained, Topics, BURST_OCCURRED_AT, ORGS, PARTITIONS, USERS,
+    admin, bootstrap, burst_record, deliver_burst, env_or, produce_burst, round, run_sustained,
+    start_receiver, Receiver, Sustained, Topics, ORGS, PARTITIONS, USERS,
 };
 
 /// The service's `max_in_flight_requests` in the benchmark's configuration.
@@ -321,7 +321,7 @@ fn bodies(n: usize) -> Vec<(u8, Bytes)> {
     let rules = Rules::default();
     (0..n)
         .map(|i| {
-            let (_, record) = record(i, USERS, BURST_OCCURRED_AT);
+            let (_, record) = burst_record(i);
             match derive_record(record.as_bytes(), &rules) {
                 Ok(Derived::Webhook(event)) => {
                     let org = event.organization_id.strip_prefix("org-").unwrap();
@@ -364,7 +364,8 @@ async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64, Option<u64>) {
         .await;
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(failed, 0, "raw POST: {failed} of {n} requests failed");
-    let seen = receiver.delivered.load(Ordering::Relaxed) as f64;
+    // Acquire: the digest's additions come before the count's (see `receive`).
+    let seen = receiver.delivered.load(Ordering::Acquire) as f64;
     let first = receiver.first.lock().unwrap().unwrap_or(start);
     let receiver_per_s = seen / first.elapsed().as_secs_f64();
     println!(

@@ -49,9 +49,7 @@ async fn main() {
     let figures = if sustained {
         run_sustained(&bootstrap, &topics, &Sustained::from_env()).await
     } else {
-        run_burst(&bootstrap, &topics, env_or("BENCH_RECORDS", 100_000), false)
-            .await
-            .0
+        run_burst(&bootstrap, &topics, env_or("BENCH_RECORDS", 100_000)).await
     };
     println!("{figures}");
     topics.delete(&admin).await;

@@ -386,15 +386,9 @@ pub async fn start_receiver(receiver: Arc<Receiver>) -> SocketAddr {
 }
 
 /// All records up front, then the service: deliveries/s from the first to the last delivery.
-/// Returns the figures and, with `digest`, the receiver's [`Receiver::digest`].
-pub async fn run_burst(
-    bootstrap: &str,
-    topics: &Topics,
-    n: usize,
-    digest: bool,
-) -> (serde_json::Value, Option<u64>) {
+pub async fn run_burst(bootstrap: &str, topics: &Topics, n: usize) -> serde_json::Value {
     let produced = produce_burst(bootstrap, topics, n).await;
-    deliver_burst(bootstrap, topics, produced, digest).await
+    deliver_burst(bootstrap, topics, produced, false).await.0
 }
 
 /// One delivery's share of [`Receiver::digest`]: a hash of its organization and body.
@@ -406,9 +400,10 @@ pub fn body_hash(organization: u8, body: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// The `occurred_at` of every record [`produce_burst`] writes: record `i` is
-/// `record(i, USERS, BURST_OCCURRED_AT)`.
-pub const BURST_OCCURRED_AT: &str = "2026-11-27T09:00:00Z";
+/// Record `i` of those [`produce_burst`] writes: `(key, value)`.
+pub fn burst_record(i: usize) -> (String, String) {
+    record(i, USERS, "2026-11-27T09:00:00Z")
+}
 
 /// What [`produce_burst`] wrote, for [`deliver_burst`].
 pub struct Produced {
@@ -425,11 +420,10 @@ pub async fn produce_burst(bootstrap: &str, topics: &Topics, n: usize) -> Produc
         .set("batch.size", "1000000")
         .create()
         .unwrap();
-    let occurred_at = BURST_OCCURRED_AT;
     let start = Instant::now();
     let mut sends = Vec::with_capacity(10_000);
     for i in 0..n {
-        let (key, value) = record(i, USERS, occurred_at);
+        let (key, value) = burst_record(i);
         sends.push(
             producer
                 .send_result(FutureRecord::to(&topics.input).key(&key).payload(&value))
@@ -445,7 +439,7 @@ pub async fn produce_burst(bootstrap: &str, topics: &Topics, n: usize) -> Produc
         s.await.unwrap().unwrap();
     }
     let produce_s = start.elapsed().as_secs_f64();
-    let record_bytes = record(0, USERS, occurred_at).1.len();
+    let record_bytes = burst_record(0).1.len();
     println!("pipeline: produced {n} records (~{record_bytes} bytes each) in {produce_s:.1} s");
     Produced {
         n,
