@@ -21,7 +21,7 @@ use consent_webhooks::ops::derive::run;
 
 // The same allocator as the binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: consent_webhooks::allocator::Mimalloc = consent_webhooks::allocator::Mimalloc;
 
 fn record(i: usize) -> String {
     let org = format!("org-{:02}", i % 64);

@@ -8,6 +8,7 @@
 //! shutdown path.
 
 pub mod admin;
+pub mod allocator;
 pub mod change;
 pub mod cli;
 pub mod config;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 // The pipeline allocates many small short-lived buffers; mimalloc is markedly faster at that
 // than glibc's allocator (see the derive benchmark in the README).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: consent_webhooks::allocator::Mimalloc = consent_webhooks::allocator::Mimalloc;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
