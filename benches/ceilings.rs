@@ -6,13 +6,14 @@
 //!
 //! - (c) the pipeline end to end: the records produced up front, then the release binary
 //!   `consent-webhooks run` started; deliveries/s from the first to the last delivery. The
-//!   receiver keeps every body it gets;
+//!   receiver sums a hash of every body it gets (its digest);
 //! - (d) the service's CPU time per delivery (user + system from `/proc/<pid>/stat`, start-up
 //!   included) and its peak RSS (VmHWM);
 //! - (a) raw consume: a bare rdkafka consumer (no group, no processing) reading the same input
-//!   topic from its start; records/s. It runs between the produce and (c): run after (c), it
-//!   read a broker done with the produce while (c) read one still busy with it. Now (c) has
-//!   the settled broker and (a), a ceiling, the less favourable moment;
+//!   topic from its start; records/s from its first record to its last. It runs between the
+//!   produce and (c): run after (c), it read a broker done with the produce while (c) read one
+//!   still busy with it. Now (c) has the settled broker and (a), a ceiling, the less
+//!   favourable moment;
 //! - (b) raw POST: a bare pooled client (hyper's, the one the service posts with) sending the
 //!   bodies of the same records (derived by the pure core; the two receivers' digests prove
 //!   them the ones (c) delivered), to the same organizations' paths of a receiver of the same
@@ -278,8 +279,9 @@ fn pin_cpus() -> bool {
     pinned
 }
 
-/// (a): a bare consumer reads `n` records of `topic` from its start; records/s from the
-/// assignment to the last record.
+/// (a): a bare consumer reads `n` records of `topic` from its start; records/s from the first
+/// record to the last, as (c) is timed from the first delivery (connecting and the first fetch
+/// are left out of both).
 fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -292,22 +294,23 @@ fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
         list.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
-    let start = Instant::now();
     consumer.assign(&list).unwrap();
     let mut read = 0usize;
     let mut bytes = 0usize;
-    let deadline = start + Duration::from_secs(300);
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
     while read < n {
         assert!(
             Instant::now() < deadline,
             "raw consume: {read} of {n} in 300 s"
         );
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
             read += 1;
             bytes += message.payload_len();
         }
     }
-    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    let per_s = n as f64 / first.expect("n records read").elapsed().as_secs_f64();
     println!(
         "ceilings: raw consume read {read} records ({} MB) at {per_s:.0}/s",
         bytes / 1_000_000
