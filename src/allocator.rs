@@ -29,6 +29,27 @@ fn plain(align: usize, size: usize) -> bool {
     align <= MIN_ALIGN && align <= size
 }
 
+type Alloc = unsafe extern "C" fn(usize) -> *mut c_void;
+type AlignedAlloc = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// A block for `layout` from `unaligned` (`mi_malloc`, `mi_zalloc`) when [`plain`], from
+/// `aligned` (their `_aligned` forms) otherwise.
+///
+/// # Safety
+/// Both must be mimalloc's allocation functions, as named above.
+#[inline(always)]
+unsafe fn allocate(layout: Layout, unaligned: Alloc, aligned: AlignedAlloc) -> *mut u8 {
+    // SAFETY: mimalloc's allocation functions take any size and a power-of-two alignment,
+    // which a `Layout`'s is.
+    unsafe {
+        if plain(layout.align(), layout.size()) {
+            unaligned(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every method forwards to mimalloc, which returns null or a block of at least the
 // requested size, aligned as `plain` reasons above or as explicitly requested; `dealloc` and
 // `realloc` are given only pointers this allocator returned (GlobalAlloc's contract), and
@@ -36,26 +57,14 @@ fn plain(align: usize, size: usize) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's own functions.
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's own functions.
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
