@@ -47,6 +47,9 @@ pub enum Action {
 pub struct Entity<'a> {
     /// The entity exactly as it arrived: JSON text, validated with the record.
     pub raw: &'a str,
+    /// Its top-level members, `(unescaped key, raw value text)` in text order, as
+    /// [`rawjson::members`] reads them (the record's reading found them already).
+    pub members: Vec<(Cow<'a, str>, &'a str)>,
     /// Its `id` (non-empty).
     pub id: Cow<'a, str>,
     /// Its `regulation` field, when that is a non-empty string.
@@ -460,15 +463,15 @@ fn optional_entity<'a>(
         .or_else(|| rawjson::members(raw))
         .ok_or_else(|| Rejection::InvalidJson(format!("`{field}` is not a readable object")))?;
     let (mut id, mut org, mut status, mut regulation) = (None, None, None, None);
-    for (key, value) in members {
-        let slot = match &*key {
+    for (key, value) in &members {
+        let slot = match &**key {
             "id" => &mut id,
             "organization_id" => &mut org,
             "status" => &mut status,
             "regulation" => &mut regulation,
             _ => continue,
         };
-        if slot.replace(value).is_some() {
+        if slot.replace(*value).is_some() {
             return Err(Rejection::DuplicateKey(format!("{field}.{key}")));
         }
     }
@@ -503,6 +506,7 @@ fn optional_entity<'a>(
     };
     Ok(Some(Entity {
         raw,
+        members,
         id,
         regulation,
         confirmed,

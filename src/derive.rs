@@ -5,7 +5,7 @@
 //! derives the same events with the same ids and the same bytes.
 
 use crate::change::{Action, ConsentChange, EntityType, Rejection};
-use crate::equivalence::{effectively_equal_validated, DEFAULT_VOLATILE_FIELDS};
+use crate::equivalence::{members_effectively_equal, DEFAULT_VOLATILE_FIELDS};
 use crate::webhook::{event_id, EventType, WebhookEvent};
 
 /// The tunable parts of the rules.
@@ -126,8 +126,9 @@ fn user_update_suppression(change: &ConsentChange<'_>, rules: &Rules) -> Option<
         return Some(Suppression::PendingSource);
     }
     let (before, after) = (change.before.as_ref()?, change.after.as_ref()?);
-    // Entities are validated with the record: no need to check them again.
-    effectively_equal_validated(before.raw, after.raw, &rules.volatile_fields)
+    // Entities are validated with the record, their members read with it: only the members
+    // whose texts differ are read again.
+    members_effectively_equal(&before.members, &after.members, &rules.volatile_fields)
         .then_some(Suppression::NotEffective)
 }
 

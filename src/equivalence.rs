@@ -13,8 +13,10 @@
 //! How: no tree is built. The comparison walks both texts side by side, and any two values whose
 //! texts are byte for byte the same are equal without being read further (most members of two
 //! snapshots are). Only values whose texts differ are split into members or items, on buffers
-//! shared by the whole comparison. `reference` (tests only) is the tree comparison it replaced,
-//! and the tests check that both give the same answer.
+//! shared by the whole comparison. A record's entities come with their top-level members
+//! already listed by the record's reading: [`members_effectively_equal`] starts from those, so
+//! only the members whose texts differ are read again. `reference` (tests only) is the tree
+//! comparison it replaced, and the tests check that all of them give the same answer.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -58,6 +60,37 @@ pub fn effectively_equal_validated(before: &str, after: &str, volatile: &[String
     } else {
         comparison.values_equal(a, b, 0)
     }
+}
+
+/// [`effectively_equal_validated`] for two objects given as their top-level members, `(unescaped
+/// key, raw value text)` in text order, as [`rawjson::members`] reads them from validated JSON:
+/// the same answer, and a member whose text is the same on both sides is not read again (an
+/// entity's record already listed them, and most members of two snapshots are unchanged).
+pub fn members_effectively_equal(
+    before: &[(Cow<'_, str>, &str)],
+    after: &[(Cow<'_, str>, &str)],
+    volatile: &[String],
+) -> bool {
+    let (a, b) = (last_values(before, volatile), last_values(after, volatile));
+    a.len() == b.len()
+        && a.iter().all(|(key, &x)| {
+            // Below the top level nothing is volatile.
+            b.get(key)
+                .is_some_and(|&y| x == y || effectively_equal_validated(x, y, &[]))
+        })
+}
+
+/// Each member's last value by key (a repeated key counts with its last value, as in
+/// `Comparison::objects_equal`), the volatile ones left out.
+fn last_values<'m>(
+    members: &'m [(Cow<'_, str>, &'m str)],
+    volatile: &[String],
+) -> BTreeMap<&'m str, &'m str> {
+    members
+        .iter()
+        .filter(|(key, _)| !volatile.iter().any(|v| v == key))
+        .map(|(key, value)| (key.as_ref(), *value))
+        .collect()
 }
 
 /// What a value is, from its first byte (the texts here are valid JSON, without leading space).

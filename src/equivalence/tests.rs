@@ -186,7 +186,7 @@ fn volatile_list_is_configurable() {
 #[test]
 fn agrees_with_the_tree_comparison_on_generated_pairs() {
     let volatile = volatile();
-    let (mut equal, mut different) = (0, 0);
+    let (mut equal, mut different, mut members_compared) = (0, 0, 0);
     for seed in 0..40_000u64 {
         let mut rng = Rng(seed);
         let (a, b) = pair(&mut rng);
@@ -202,6 +202,14 @@ fn agrees_with_the_tree_comparison_on_generated_pairs() {
                 expected,
                 "validated, seed {seed}:\n{a}\n{b}"
             );
+            if let (Some(ma), Some(mb)) = (rawjson::members(&a), rawjson::members(&b)) {
+                members_compared += 1;
+                assert_eq!(
+                    members_effectively_equal(&ma, &mb, &volatile),
+                    expected,
+                    "members, seed {seed}:\n{a}\n{b}"
+                );
+            }
         }
         if expected {
             equal += 1;
@@ -214,6 +222,8 @@ fn agrees_with_the_tree_comparison_on_generated_pairs() {
         equal > 10_000 && different > 10_000,
         "{equal} equal, {different} different"
     );
+    // Most pairs are objects: the comparison by members is checked on them all.
+    assert!(members_compared > 20_000, "{members_compared} by members");
 }
 
 /// SplitMix64: a deterministic generator, enough for test data.
