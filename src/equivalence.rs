@@ -71,7 +71,8 @@ pub fn members_effectively_equal(
     after: &[(Cow<'_, str>, &str)],
     volatile: &[String],
 ) -> bool {
-    let (a, b) = (last_values(before, volatile), last_values(after, volatile));
+    let skip = |key: &str| volatile.iter().any(|v| v == key);
+    let (a, b) = (last_values(before, &skip), last_values(after, &skip));
     a.len() == b.len()
         && a.iter().all(|(key, &x)| {
             // Below the top level nothing is volatile.
@@ -80,16 +81,16 @@ pub fn members_effectively_equal(
         })
 }
 
-/// Each member's last value by key (a repeated key counts with its last value, as in
-/// `Comparison::objects_equal`), the volatile ones left out.
-fn last_values<'m>(
-    members: &'m [(Cow<'_, str>, &'m str)],
-    volatile: &[String],
-) -> BTreeMap<&'m str, &'m str> {
+/// An object's members as a map from key to value, the keys `skip` names left out: a repeated
+/// key counts with its last value.
+fn last_values<'a, V: Copy>(
+    members: &[(Cow<'a, str>, V)],
+    skip: &dyn Fn(&str) -> bool,
+) -> BTreeMap<Cow<'a, str>, V> {
     members
         .iter()
-        .filter(|(key, _)| !volatile.iter().any(|v| v == key))
-        .map(|(key, value)| (key.as_ref(), *value))
+        .filter(|(key, _)| !skip(key))
+        .cloned()
         .collect()
 }
 
@@ -249,15 +250,8 @@ impl<'a> Comparison<'a> {
         const SMALL: usize = 16;
         let end = self.members.len();
         if mid - start > SMALL || end - mid > SMALL {
-            let last_values = |members: &[(Cow<'a, str>, usize)]| -> BTreeMap<Cow<'a, str>, usize> {
-                members
-                    .iter()
-                    .filter(|(key, _)| !skip(key))
-                    .cloned()
-                    .collect()
-            };
-            let a = last_values(&self.members[start..mid]);
-            let b = last_values(&self.members[mid..end]);
+            let a = last_values(&self.members[start..mid], skip);
+            let b = last_values(&self.members[mid..end], skip);
             return a.len() == b.len()
                 && a.iter().all(|(key, &va)| {
                     b.get(key)
