@@ -56,7 +56,7 @@ pub fn effectively_equal_validated(before: &str, after: &str, volatile: &[String
     };
     let (a, b) = (0, comparison.split);
     if kind(before) == Kind::Obj && kind(after) == Kind::Obj {
-        comparison.objects_equal(a, b, &|key| volatile.iter().any(|v| v == key), 0)
+        comparison.objects_equal(a, b, &is_volatile(volatile), 0)
     } else {
         comparison.values_equal(a, b, 0)
     }
@@ -71,14 +71,17 @@ pub fn members_effectively_equal(
     after: &[(Cow<'_, str>, &str)],
     volatile: &[String],
 ) -> bool {
-    let skip = |key: &str| volatile.iter().any(|v| v == key);
+    let skip = is_volatile(volatile);
     let (a, b) = (last_values(before, &skip), last_values(after, &skip));
-    a.len() == b.len()
-        && a.iter().all(|(key, &x)| {
-            // Below the top level nothing is volatile.
-            b.get(key)
-                .is_some_and(|&y| x == y || effectively_equal_validated(x, y, &[]))
-        })
+    // Below the top level nothing is volatile.
+    equal_by_key(&a, &b, |x, y| {
+        x == y || effectively_equal_validated(x, y, &[])
+    })
+}
+
+/// Whether a top-level key is one of `volatile`.
+fn is_volatile(volatile: &[String]) -> impl Fn(&str) -> bool + '_ {
+    move |key| volatile.iter().any(|v| v == key)
 }
 
 /// An object's members as a map from key to value, the keys `skip` names left out: a repeated
@@ -92,6 +95,18 @@ fn last_values<'a, V: Copy>(
         .filter(|(key, _)| !skip(key))
         .cloned()
         .collect()
+}
+
+/// Two objects' members, by key (see [`last_values`]): the same keys, and `equal` values under
+/// each.
+fn equal_by_key<K: Ord, V: Copy>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    mut equal: impl FnMut(V, V) -> bool,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(key, &x)| b.get(key).is_some_and(|&y| equal(x, y)))
 }
 
 /// What a value is, from its first byte (the texts here are valid JSON, without leading space).
@@ -252,11 +267,7 @@ impl<'a> Comparison<'a> {
         if mid - start > SMALL || end - mid > SMALL {
             let a = last_values(&self.members[start..mid], skip);
             let b = last_values(&self.members[mid..end], skip);
-            return a.len() == b.len()
-                && a.iter().all(|(key, &va)| {
-                    b.get(key)
-                        .is_some_and(|&vb| self.values_equal(va, vb, depth + 1))
-                });
+            return equal_by_key(&a, &b, |x, y| self.values_equal(x, y, depth + 1));
         }
         // Entities are small objects: a linear search beats building maps.
         let kept = |m: &[(Cow<'_, str>, usize)], i: usize| {
