@@ -342,7 +342,8 @@ fn bodies(n: usize) -> Vec<(u8, Bytes)> {
 async fn raw_post(bodies: Vec<(u8, Bytes)>) -> (f64, f64, Option<u64>) {
     let receiver = Receiver::new(0, 0, true);
     let addr = start_receiver(receiver.clone()).await;
-    // The client the service itself posts with (hyper's pooled one), bare: no guard, no TLS.
+    // A bare pooled client over hyper (hyper-util's; the service keeps a pool of its own over the
+    // same hyper connections, src/delivery/http.rs): no guard, no TLS.
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY)
         .build_http::<Full<Bytes>>();
